@@ -1,0 +1,156 @@
+"""Bundle: a folder with ``manifest.json`` and model files; the one contract between compress and runtime.
+
+Manifest (schema version 1), plain data in the spirit of MONAI's ``network_data_format``::
+
+    schema_version  1
+    name            "xray-cls-resnet18-int8"
+    task            "classification" | "segmentation"
+    modality        "xray" | "ct"
+    input           {"name": "image", "shape": [-1, 1, H, W], "dtype": "float32", "value_range": [lo, hi]}
+    output          {"name": "logits", "kind": "logits", "shape": [-1, C] or [-1, C, H, W]}
+    preprocessing   [{"op": "scale_to_unit", ...}, {"op": "letterbox", "size": [H, W]}, ...]
+    labels          ["covid", "normal", "pneumonia"]  (segmentation: ["background", "lung"])
+    positive_label  "covid"  (the label the operating threshold applies to)
+    thresholds      {"covid": 0.42} (classification) or {"mask": 0.5} (segmentation)
+    artifacts       {"onnx-fp32": {"path": "model.onnx", "sha256": ..., "bytes": ..., "format": "onnx",
+                     "precision": "fp32", "backend": "onnxruntime"}, ...}
+    golden          optional: {"path": "golden.npz", "sha256": ..., "tolerances": {"fp32": 1e-4, ...}}
+    provenance      {"baseline": ..., "recipe": {...}, "calibration": {...}, "git_commit": ..., "created": ...}
+    metrics         {"val": {...}, "test": {...}, "gate": [...]}
+"""
+
+import hashlib
+import json
+import os
+
+from lungedge.runtime.errors import BundleError
+from lungedge.runtime.preprocess import check_steps
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TASKS = ("classification", "segmentation")
+MODALITIES = ("xray", "ct")
+REQUIRED = ("schema_version", "name", "task", "modality", "input", "output", "preprocessing", "labels",
+            "thresholds", "artifacts", "provenance")
+OPTIONAL = ("positive_label", "golden", "metrics", "description")
+
+
+def sha256_file(path, chunk=1 << 20):
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def artifact_entry(bundle_dir, path, fmt, precision, backend, **extra):
+    """Describe one file in the bundle (path relative to the bundle) with its size and sha256."""
+    full = os.path.join(bundle_dir, path)
+    entry = {"path": path, "sha256": sha256_file(full), "bytes": os.path.getsize(full), "format": fmt,
+             "precision": precision, "backend": backend}
+    entry.update(extra)
+    return entry
+
+
+def validate_manifest(manifest):
+    """Raise BundleError naming the first problem in a manifest dict."""
+    if not isinstance(manifest, dict):
+        raise BundleError("manifest.json must hold a JSON object")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int):
+        raise BundleError("manifest has no integer schema_version")
+    if version > SCHEMA_VERSION:
+        raise BundleError(f"bundle schema {version} is newer than this lungedge understands ({SCHEMA_VERSION}); "
+                          "upgrade lungedge")
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise BundleError(f"manifest lacks {missing}")
+    unknown = sorted(set(manifest) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise BundleError(f"manifest has unknown keys {unknown}")
+    if manifest["task"] not in TASKS:
+        raise BundleError(f"task {manifest['task']!r} is not one of {TASKS}")
+    if manifest["modality"] not in MODALITIES:
+        raise BundleError(f"modality {manifest['modality']!r} is not one of {MODALITIES}")
+    shape = manifest["input"].get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and shape[1] == 1):
+        raise BundleError(f"input shape must be [N, 1, H, W], got {shape}")
+    if not manifest["labels"]:
+        raise BundleError("manifest has no labels")
+    if not isinstance(manifest["preprocessing"], list):
+        raise BundleError("preprocessing must be a list of steps")
+    check_steps(manifest["preprocessing"])
+    if not manifest["artifacts"]:
+        raise BundleError("manifest lists no artifacts")
+    for key, art in manifest["artifacts"].items():
+        for field in ("path", "sha256", "format", "precision", "backend"):
+            if field not in art:
+                raise BundleError(f"artifact {key!r} lacks {field!r}")
+        if os.path.isabs(art["path"]) or ".." in art["path"].replace("\\", "/").split("/"):
+            raise BundleError(f"artifact {key!r} path {art['path']!r} escapes the bundle")
+
+
+class Bundle:
+    """A loaded, verified bundle: ``manifest`` (dict) and ``path_of(key)`` for its files."""
+
+    def __init__(self, root, manifest):
+        self.root = root
+        self.manifest = manifest
+
+    @classmethod
+    def load(cls, root, verify=True):
+        """Read and validate the manifest; with ``verify`` check every artifact's sha256 (tamper check)."""
+        mpath = os.path.join(root, MANIFEST)
+        if not os.path.isfile(mpath):
+            raise BundleError(f"{root!r} is not a bundle: no {MANIFEST}")
+        try:
+            with open(mpath, encoding="utf-8") as fh:
+                manifest = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"cannot read {mpath}: {exc}") from None
+        validate_manifest(manifest)
+        bundle = cls(root, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self):
+        """Check each artifact (and the golden file) exists and matches its recorded sha256."""
+        entries = dict(self.manifest["artifacts"])
+        if self.manifest.get("golden"):
+            entries["golden"] = self.manifest["golden"]
+        for key, art in entries.items():
+            path = os.path.join(self.root, art["path"])
+            if not os.path.isfile(path):
+                raise BundleError(f"artifact {key!r} missing: {path}")
+            if sha256_file(path) != art["sha256"]:
+                raise BundleError(f"artifact {key!r} ({art['path']}) fails its sha256 check: the file was changed "
+                                  "or truncated; re-copy the bundle or rebuild it")
+
+    def path_of(self, key):
+        return os.path.join(self.root, self.manifest["artifacts"][key]["path"])
+
+    def find_artifact(self, backend, precision=None):
+        """Key of the artifact for ``backend`` (and ``precision`` if given); the smallest-precision first."""
+        order = {"int8": 0, "fp16": 1, "fp32": 2}
+        keys = [k for k, a in self.manifest["artifacts"].items()
+                if a["backend"] == backend and (precision is None or a["precision"] == precision)]
+        if not keys:
+            have = sorted({(a["backend"], a["precision"]) for a in self.manifest["artifacts"].values()})
+            raise BundleError(f"bundle has no {backend} artifact"
+                              + (f" at {precision}" if precision else "") + f"; it has {have}")
+        return sorted(keys, key=lambda k: order.get(self.manifest["artifacts"][k]["precision"], 9))[0]
+
+    @property
+    def input_size(self):
+        shape = self.manifest["input"]["shape"]
+        return int(shape[2]), int(shape[3])
+
+
+def write_manifest(root, manifest):
+    """Validate and write ``manifest.json`` (sorted keys, stable diffs)."""
+    validate_manifest(manifest)
+    with open(os.path.join(root, MANIFEST), "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+        fh.write("\n")

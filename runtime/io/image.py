@@ -1,0 +1,83 @@
+"""PNG / JPEG / TIFF reader: 8- or 16-bit, grayscale or RGB (converted to luma), size-checked before decoding."""
+
+import os
+import struct
+
+import cv2
+import numpy as np
+
+from lungedge.runtime.errors import InputError
+
+# Refuse images whose side is outside these bounds (checked from the header where the format allows).
+MIN_SIDE = 32
+MAX_SIDE = 12000
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+def _png_size(head):
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        return h, w
+    return None
+
+
+def check_side(h, w, name):
+    """Raise InputError for an image too small to diagnose or too large to decode safely."""
+    if min(h, w) < MIN_SIDE:
+        raise InputError(f"{name}: image is {w}x{h}, smaller than the {MIN_SIDE}-pixel minimum side")
+    if max(h, w) > MAX_SIDE:
+        raise InputError(f"{name}: image is {w}x{h}, larger than the {MAX_SIDE}-pixel maximum side; "
+                         "downsample it first")
+
+
+def to_gray(array, name="image"):
+    """Grayscale float32 from a decoded 2-D or HxWxC array (ITU-R 601 luma; alpha dropped)."""
+    if array.ndim == 3:
+        if array.shape[2] == 1:
+            array = array[:, :, 0]
+        elif array.shape[2] in (3, 4):
+            bgr = array[:, :, :3].astype(np.float32)
+            array = 0.114 * bgr[:, :, 0] + 0.587 * bgr[:, :, 1] + 0.299 * bgr[:, :, 2]
+        else:
+            raise InputError(f"{name}: unsupported channel count {array.shape[2]}")
+    elif array.ndim != 2:
+        raise InputError(f"{name}: unsupported image shape {array.shape}")
+    return array.astype(np.float32)
+
+
+def read_image(path):
+    """Read a PNG/JPEG/TIFF file; returns (2-D float32 array, meta)."""
+    name = os.path.basename(str(path))
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot open ({exc.strerror})") from None
+    if size == 0:
+        raise InputError(f"{name}: file is empty")
+    if size > MAX_FILE_BYTES:
+        raise InputError(f"{name}: file is {size} bytes, above the {MAX_FILE_BYTES}-byte limit")
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+    dims = _png_size(head)
+    if dims:
+        check_side(dims[0], dims[1], name)
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise InputError(f"{name}: not a readable PNG/JPEG/TIFF image")
+    check_side(raw.shape[0], raw.shape[1], name)
+    if raw.dtype == np.uint8:
+        intensity_max = 255.0
+    elif raw.dtype == np.uint16:
+        intensity_max = 65535.0
+    elif raw.dtype in (np.float32, np.float64):
+        intensity_max = float(np.nanmax(raw)) if raw.size else 1.0
+    else:
+        raise InputError(f"{name}: unsupported pixel type {raw.dtype}")
+    was_rgb = raw.ndim == 3 and raw.shape[2] >= 3
+    gray = to_gray(raw, name)
+    if not np.isfinite(gray).all():
+        raise InputError(f"{name}: image contains NaN or infinite pixel values")
+    meta = {"format": "image", "unit": "display", "intensity_max": intensity_max, "bits": raw.dtype.itemsize * 8,
+            "converted_from_rgb": bool(was_rgb), "modality": None, "pixel_spacing": None,
+            "shape": [int(gray.shape[0]), int(gray.shape[1])]}
+    return gray, meta

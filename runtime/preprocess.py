@@ -1,0 +1,127 @@
+"""Preprocessing steps shared by training, calibration, benchmarks and deployment (numpy + OpenCV only).
+
+An image travels as ``(array, meta)``: ``array`` is a 2-D float32 array in the reader's native units
+(Hounsfield units for CT DICOM/NIfTI, display values 0..``meta["intensity_max"]`` otherwise), ``meta`` a
+plain dict (``unit``, ``intensity_max``, ``modality``, ``pixel_spacing``...). A bundle's manifest lists the
+steps by name with their parameters; ``STEPS`` maps each name to its function. The same list, run by
+``preprocess``, feeds training, calibration, the benchmark and the bedside runtime, so they cannot drift.
+"""
+
+import cv2
+import numpy as np
+
+from lungedge.runtime.errors import BundleError, InputError
+
+# Lung window (HU) used when a CT arrives in Hounsfield units.
+LUNG_WINDOW = (-600.0, 1500.0)
+
+
+def _check_2d(array):
+    if array.ndim != 2:
+        raise InputError(f"expected a 2-D grayscale image, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise InputError("image contains NaN or infinite pixel values")
+
+
+def window_ct(array, meta, center=LUNG_WINDOW[0], width=LUNG_WINDOW[1]):
+    """Map CT to [0, 1]: HU through the window (center, width); display images by their intensity range."""
+    _check_2d(array)
+    if meta.get("unit") == "HU":
+        low = center - width / 2.0
+        out = (array.astype(np.float32) - low) / float(width)
+    else:
+        # PNG/JPEG CT slices (the training data) were windowed when they were rendered.
+        out = array.astype(np.float32) / float(meta.get("intensity_max", 255.0))
+    return np.clip(out, 0.0, 1.0), meta
+
+
+def scale_to_unit(array, meta, low_percentile=0.0, high_percentile=100.0):
+    """Map an X-ray to [0, 1] by its own intensity range (percentiles clip burned-in text and rulers)."""
+    _check_2d(array)
+    a = array.astype(np.float32)
+    if low_percentile <= 0.0 and high_percentile >= 100.0:
+        lo, hi = float(a.min()), float(a.max())
+    else:
+        lo, hi = (float(v) for v in np.percentile(a, [low_percentile, high_percentile]))
+    if hi - lo < 1e-6:
+        raise InputError("image has no contrast (all pixels equal); nothing to diagnose")
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0), meta
+
+
+def letterbox(array, meta, size=(256, 256)):
+    """Resize keeping the aspect ratio (area when shrinking, bilinear when enlarging), pad centred with 0."""
+    _check_2d(array)
+    out_h, out_w = int(size[0]), int(size[1])
+    h, w = array.shape
+    scale = min(out_h / h, out_w / w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    resized = cv2.resize(array.astype(np.float32), (new_w, new_h), interpolation=interp)
+    pad_y, pad_x = (out_h - new_h) // 2, (out_w - new_w) // 2
+    out = np.zeros((out_h, out_w), np.float32)
+    out[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
+    meta = dict(meta, letterbox={"scale": scale, "pad_x": pad_x, "pad_y": pad_y, "content_w": new_w,
+                                 "content_h": new_h, "orig_w": w, "orig_h": h})
+    return out, meta
+
+
+def standardize(array, meta, mean=0.5, std=0.25):
+    """Subtract mean and divide by std (the network's input statistics)."""
+    return (array - np.float32(mean)) / np.float32(std), meta
+
+
+STEPS = {
+    "window_ct": window_ct,
+    "scale_to_unit": scale_to_unit,
+    "letterbox": letterbox,
+    "standardize": standardize,
+}
+
+
+def check_steps(steps):
+    """Raise BundleError for an unknown step name or parameter before anything runs."""
+    import inspect
+
+    for step in steps:
+        name = step.get("op")
+        if name not in STEPS:
+            raise BundleError(f"unknown preprocessing step {name!r}; known: {sorted(STEPS)}. "
+                              "Update lungedge or rebuild the bundle.")
+        accepted = set(inspect.signature(STEPS[name]).parameters) - {"array", "meta"}
+        unknown = set(step) - {"op"} - accepted
+        if unknown:
+            raise BundleError(f"step {name!r} has unknown parameters {sorted(unknown)}; accepted: {sorted(accepted)}")
+
+
+def preprocess(array, meta, steps):
+    """Run the manifest's steps on one image; returns a (1, H, W) float32 array and the updated meta."""
+    meta = dict(meta)
+    out = np.asarray(array)
+    for step in steps:
+        params = {k: v for k, v in step.items() if k != "op"}
+        try:
+            fn = STEPS[step["op"]]
+        except KeyError:
+            raise BundleError(f"unknown preprocessing step {step.get('op')!r}") from None
+        out, meta = fn(out, meta, **params)
+    return np.ascontiguousarray(out[None].astype(np.float32)), meta
+
+
+def undo_letterbox(mask, box):
+    """Map a (H, W) mask from network space back onto the original image grid (nearest neighbour)."""
+    crop = mask[box["pad_y"]:box["pad_y"] + box["content_h"], box["pad_x"]:box["pad_x"] + box["content_w"]]
+    return cv2.resize(crop.astype(np.uint8), (box["orig_w"], box["orig_h"]), interpolation=cv2.INTER_NEAREST)
+
+
+def xray_steps(size):
+    """Default X-ray steps for a square network input of side ``size``."""
+    return [{"op": "scale_to_unit", "low_percentile": 0.5, "high_percentile": 99.5},
+            {"op": "letterbox", "size": [size, size]},
+            {"op": "standardize", "mean": 0.5, "std": 0.25}]
+
+
+def ct_steps(size):
+    """Default CT steps for a square network input of side ``size`` (lung window for HU input)."""
+    return [{"op": "window_ct", "center": LUNG_WINDOW[0], "width": LUNG_WINDOW[1]},
+            {"op": "letterbox", "size": [size, size]},
+            {"op": "standardize", "mean": 0.5, "std": 0.25}]
