@@ -1,0 +1,1 @@
+"""lungedge.models: torch architectures (full baselines and compact students), registry, training."""
