@@ -26,10 +26,10 @@ class TaskSpec:
 
 TASKS = {
     "xray-cls": TaskSpec("xray-cls", "xray", "classification", ("covid", "normal", "pneumonia"), "covid",
-                         "densenet121", 192),
-    "ct-cls": TaskSpec("ct-cls", "ct", "classification", ("covid", "noncovid"), "covid", "densenet121", 192),
+                         "densenet121", 128),
+    "ct-cls": TaskSpec("ct-cls", "ct", "classification", ("covid", "noncovid"), "covid", "densenet121", 128),
     "xray-seg": TaskSpec("xray-seg", "xray", "segmentation", ("background", "lung"), "lung", "unet", 128),
-    "ct-seg": TaskSpec("ct-seg", "ct", "segmentation", ("background", "lesion"), "lesion", "unet", 256),
+    "ct-seg": TaskSpec("ct-seg", "ct", "segmentation", ("background", "lesion"), "lesion", "unet", 192),
 }
 
 

@@ -146,7 +146,7 @@ def train_epoch(model, loader, opt, sched, loss_fn, cfg, gen, desc):
         loss.backward()
         opt.step()
         sched.step()
-        total += float(loss) * len(x)
+        total += loss.item() * len(x)
         n += len(x)
     return total / max(n, 1)
 
