@@ -54,6 +54,7 @@ import re
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+
 from lungedge.runtime.errors import LungedgeError
 
 

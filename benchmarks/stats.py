@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Mapping, Tuple, Union
 
 import numpy as np
+
 from lungedge.benchmarks.metrics import MetricError, UndefinedMetricError
 
 _CHUNK_ELEMENTS = 1 << 20  # group draws generated per chunk (8 MB of int64)

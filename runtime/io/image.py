@@ -1,4 +1,10 @@
-"""PNG / JPEG / TIFF reader: 8- or 16-bit, grayscale or RGB (converted to luma), size-checked before decoding."""
+"""PNG / JPEG / TIFF reader: 8- or 16-bit or float, grayscale or RGB (converted to luma), size-checked before decoding.
+
+Size guards (shared by every reader): an image side below ``MIN_SIDE`` is too small to diagnose, one above
+``MAX_SIDE`` too large to decode safely on an edge device. They are checked from the header before the pixels
+are decoded wherever the format allows it (PNG IHDR, JPEG SOF, DICOM Rows/Columns, NIfTI dims), and once
+more on the decoded array. ``MAX_FILE_BYTES`` caps the file size for the same reason.
+"""
 
 import os
 import struct
@@ -18,6 +24,28 @@ def _png_size(head):
     if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
         w, h = struct.unpack(">II", head[16:24])
         return h, w
+    return None
+
+
+def _jpeg_size(path):
+    """(h, w) from the first JPEG start-of-frame marker, or None when the header cannot tell."""
+    with open(path, "rb") as fh:
+        data = fh.read(1 << 16)
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return h, w
+        i += 2 + length
     return None
 
 
@@ -58,19 +86,21 @@ def read_image(path):
         raise InputError(f"{name}: file is {size} bytes, above the {MAX_FILE_BYTES}-byte limit")
     with open(path, "rb") as fh:
         head = fh.read(32)
-    dims = _png_size(head)
+    dims = _png_size(head) or _jpeg_size(path)
     if dims:
         check_side(dims[0], dims[1], name)
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise InputError(f"{name}: not a readable PNG/JPEG/TIFF image")
     check_side(raw.shape[0], raw.shape[1], name)
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise InputError(f"{name}: image contains NaN or infinite pixel values")
     if raw.dtype == np.uint8:
         intensity_max = 255.0
     elif raw.dtype == np.uint16:
         intensity_max = 65535.0
     elif raw.dtype in (np.float32, np.float64):
-        intensity_max = float(np.nanmax(raw)) if raw.size else 1.0
+        intensity_max = max(float(raw.max()), 1.0)
     else:
         raise InputError(f"{name}: unsupported pixel type {raw.dtype}")
     was_rgb = raw.ndim == 3 and raw.shape[2] >= 3
@@ -81,3 +111,7 @@ def read_image(path):
             "converted_from_rgb": bool(was_rgb), "modality": None, "pixel_spacing": None,
             "shape": [int(gray.shape[0]), int(gray.shape[1])]}
     return gray, meta
+
+
+# Every reader module exposes ``read(path) -> (array, meta)`` (see lungedge.runtime.io.READERS).
+read = read_image

@@ -1,0 +1,232 @@
+"""The ``lungedge`` command. ``infer`` and ``selftest`` live here; the torch-side commands live elsewhere.
+
+Exit status: 0 success; 1 some input failed (infer) or the self-test failed; 2 nothing could run (bad bundle,
+missing backend, missing extra, usage error).
+"""
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+
+from lungedge.runtime.errors import BackendUnavailable, BundleError, EngineMismatch, LungedgeError
+
+# Subcommands owned by other packages: imported only when invoked; each module exposes main(argv) where argv
+# starts with the subcommand name.
+EXTERNAL_COMMANDS = {
+    "train": "lungedge.models.train",
+    "compress": "lungedge.compress.cli",
+    "engine": "lungedge.compress.cli",
+    "export": "lungedge.compress.cli",
+    "bench": "lungedge.benchmarks.cli",
+    "demo": "lungedge.benchmarks.demo",
+}
+# Top-level modules that only the compress extra installs.
+COMPRESS_EXTRA_MODULES = ("torch", "torchvision", "torch_pruning", "onnx", "onnxscript", "matplotlib")
+BACKEND_CHOICES = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+log = logging.getLogger("lungedge")
+
+
+def version():
+    """Installed lungedge version ("unknown" when running from an uninstalled tree)."""
+    try:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
+    except ImportError:  # pragma: no cover - Python < 3.8
+        return "unknown"
+    try:
+        return dist_version("lungedge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def run_external(argv):
+    """Import the module that owns ``argv[0]`` and hand it the full argv; 2 when its extra is missing."""
+    command, module_name = argv[0], EXTERNAL_COMMANDS[argv[0]]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing in COMPRESS_EXTRA_MODULES:
+            print(f"lungedge {command} needs the compress extra: pip install 'lungedge[compress]' "
+                  f"({missing} is not installed)", file=sys.stderr)
+            return 2
+        if exc.name and module_name.startswith(exc.name):
+            print(f"lungedge {command} is not available: {module_name} is not part of this installation",
+                  file=sys.stderr)
+            return 2
+        raise
+    return module.main(argv)
+
+
+def _add_backend_options(parser):
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="onnxruntime")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="artifact precision (default: the smallest the bundle has for the backend)")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="lungedge", description="Chest X-ray and CT diagnosis on edge devices.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    infer = sub.add_parser("infer", help="run a bundle on images, DICOM files/series or NIfTI volumes")
+    infer.add_argument("inputs", nargs="+", metavar="INPUT")
+    infer.add_argument("--bundle", required=True)
+    _add_backend_options(infer)
+    infer.add_argument("--out", default=None, help="folder for JSON results, overlays and summary.csv "
+                                                   "(default: JSON lines on stdout)")
+    infer.add_argument("--lung-bundle", default=None, help="lung segmentation bundle (X-ray crop; CT lung area)")
+    infer.add_argument("--rule", default="mean", help="CT study aggregation: mean, max, positive_rate, consecutive")
+    infer.add_argument("--consecutive", type=int, default=3, help="slices in a run for --rule consecutive")
+    infer.add_argument("--batch-size", type=int, default=8, help="CT slices per batch")
+    selftest = sub.add_parser("selftest", help="check a bundle's artifact against its golden outputs")
+    selftest.add_argument("bundle")
+    _add_backend_options(selftest)
+    for name, module in EXTERNAL_COMMANDS.items():
+        sub.add_parser(name, help=f"(from {module}; needs the compress extra)", add_help=False)
+    return parser
+
+
+def _label(path):
+    return os.path.basename(os.path.normpath(str(path)))
+
+
+def _stems(inputs):
+    """Output file stems, unique even when two inputs share a file name."""
+    seen, stems = {}, []
+    for path in inputs:
+        base = _label(path)
+        for ext in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff"):
+            if base.lower().endswith(ext):
+                base = base[:-len(ext)]
+                break
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        stems.append(base if count == 0 else f"{base}_{count}")
+    return stems
+
+
+class _Runner:
+    """Routes each input: X-ray images through XrayPipeline, CT volumes through CtStudyPipeline."""
+
+    def __init__(self, predictor, lung, args):
+        from lungedge.runtime.pipelines import CtStudyPipeline, XrayPipeline
+
+        self.predictor, self.study, self.image = predictor, None, predictor
+        if predictor.modality == "xray" and predictor.task == "classification":
+            self.image = XrayPipeline(predictor, lung)
+        elif predictor.modality == "xray" and lung is not None:
+            raise BundleError("--lung-bundle goes with an X-ray classification bundle or a CT bundle")
+        if predictor.modality == "ct":
+            params = {"n": args.consecutive} if args.rule == "consecutive" else {}
+            cls = predictor if predictor.task == "classification" else None
+            seg = predictor if predictor.task == "segmentation" else None
+            try:
+                self.study = CtStudyPipeline(classifier=cls, lesion_segmenter=seg, lung_segmenter=lung,
+                                             batch_size=args.batch_size, rule=args.rule, rule_params=params)
+            except ValueError as exc:
+                raise BundleError(f"--rule: {exc}") from None
+
+    def run(self, path):
+        """(result, (array, meta) for an overlay or None)."""
+        from lungedge.runtime.io import is_volume
+        from lungedge.runtime.predictor import load_input
+
+        if self.study is not None and is_volume(path):
+            return self.study.run(path), None
+        array, meta, source = load_input(path)
+        if self.study is not None and array.ndim == 3 and array.shape[0] > 1:  # multi-frame CT DICOM
+            return self.study.run(array, meta, source=source), None
+        return self.image.predict_image(array, meta, source), (array, meta)
+
+
+def _open(bundle_dir, args, precision):
+    from lungedge.runtime.predictor import Predictor
+
+    return Predictor.from_bundle(bundle_dir, backend=args.backend, precision=precision, threads=args.threads)
+
+
+def cmd_infer(args):
+    """Run a bundle over every input, continuing past bad ones; 1 if any failed."""
+    from tqdm import tqdm
+
+    from lungedge.runtime import report
+
+    try:
+        predictor = _open(args.bundle, args, args.precision)
+        lung = _open(args.lung_bundle, args, None) if args.lung_bundle else None
+        runner = _Runner(predictor, lung, args)
+    except (BundleError, BackendUnavailable, EngineMismatch) as exc:
+        print(f"lungedge infer: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+    rows, failures = [], []
+    items = list(zip(args.inputs, _stems(args.inputs)))
+    for path, stem in tqdm(items, unit="input", file=sys.stderr, disable=len(items) < 2):
+        name = _label(path)
+        try:
+            result, image = runner.run(path)
+        except Exception as exc:  # one bad input must not stop the batch
+            message = str(exc) if isinstance(exc, LungedgeError) else f"unexpected {type(exc).__name__}: {exc}"
+            message = message if message.startswith(name) else f"{name}: {message}"
+            log.info("%s", message)
+            failures.append(message)
+            rows.append(report.summary_row(name, error=message))
+            continue
+        rows.append(report.summary_row(name, result))
+        if args.out:
+            report.write_json(result, os.path.join(args.out, stem + ".json"))
+            if image is not None:
+                report.write_overlay(image[0], image[1], result, os.path.join(args.out, stem + "_overlay.png"))
+        else:
+            print(json.dumps(report.jsonable(result), sort_keys=True))
+    if args.out:
+        report.write_csv(rows, os.path.join(args.out, "summary.csv"))
+    if failures:
+        print(f"{len(failures)} of {len(items)} inputs failed:", file=sys.stderr)
+        for message in failures:
+            print(f"  {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_selftest(args):
+    """Golden-output check; 0 pass, 1 fail."""
+    from lungedge.runtime.selftest import run_selftest
+
+    try:
+        result = run_selftest(args.bundle, backend=args.backend, precision=args.precision, threads=args.threads)
+    except LungedgeError as exc:
+        print(f"lungedge selftest: FAIL: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, sort_keys=True))
+    verdict = "PASS" if result["passed"] else f"FAIL: {result['reason']}"
+    print(f"lungedge selftest {result['bundle']} [{result['artifact']} on {result['backend']}]: {verdict}",
+          file=sys.stderr)
+    return 0 if result["passed"] else 1
+
+
+COMMANDS = {"infer": cmd_infer, "selftest": cmd_selftest}
+
+
+def main(argv=None):
+    """Entry point of the ``lungedge`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXTERNAL_COMMANDS:
+        return run_external(argv)
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"lungedge {version()}")
+        return 0
+    if args.command is None:
+        build_parser().print_help(sys.stderr)
+        return 2
+    if not logging.getLogger().handlers and not log.handlers:
+        logging.basicConfig(level=logging.WARNING, format="lungedge: %(message)s")
+    return COMMANDS[args.command](args)

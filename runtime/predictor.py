@@ -1,0 +1,238 @@
+"""Predictor: one verified bundle on one backend; image in, result dict out (schema in lungedge.runtime.report).
+
+``predict`` keeps no per-call state on the object, so one Predictor may serve many threads at once (the
+ONNX Runtime session's ``run`` is thread-safe; the TensorRT backend serialises its own calls).
+"""
+
+import hashlib
+import os
+
+import cv2
+import numpy as np
+
+from lungedge.runtime.backends import create_backend
+from lungedge.runtime.bundle import Bundle
+from lungedge.runtime.errors import BundleError, InputError
+from lungedge.runtime.io import read_any
+from lungedge.runtime.preprocess import preprocess, undo_letterbox
+
+RESULT_SCHEMA = "lungedge.result/1"
+MODALITY_NAMES = {"xray": "X-ray", "ct": "CT"}
+
+
+def array_source(array):
+    """Identify an in-memory input by the sha256 of its shape, dtype and bytes (never by patient data)."""
+    a = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{a.shape}|{a.dtype.str}|".encode("ascii"))
+    digest.update(a.tobytes())
+    return {"sha256": digest.hexdigest()}
+
+
+def array_meta(array):
+    """Reader-style meta for a bare array: display units, intensity range from its dtype."""
+    a = np.asarray(array)
+    if a.dtype == np.uint8:
+        top = 255.0
+    elif a.dtype == np.uint16:
+        top = 65535.0
+    else:
+        finite = a[np.isfinite(a)] if a.size else a
+        top = max(float(finite.max()), 1.0) if finite.size else 1.0
+    return {"format": "array", "unit": "display", "intensity_max": top, "modality": None, "pixel_spacing": None,
+            "shape": [int(s) for s in a.shape]}
+
+
+def load_input(path_or_array, meta=None):
+    """(array, meta, source) from a file path (any reader) or an ndarray (with optional reader-style meta)."""
+    if isinstance(path_or_array, np.ndarray):
+        array = path_or_array
+        if array.dtype.kind not in "uif":
+            raise InputError(f"array input has unsupported dtype {array.dtype}")
+        merged = array_meta(array)
+        merged.update(meta or {})
+        return array.astype(np.float32), merged, array_source(array)
+    path = os.fspath(path_or_array)
+    array, read_meta = read_any(path)
+    return array, read_meta, {"file": os.path.basename(os.path.normpath(path))}
+
+
+def softmax(logits, axis=-1):
+    """Numerically stable softmax."""
+    z = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
+
+
+def decide_label(probabilities, positive_label=None, threshold=None):
+    """Positive label if its probability reaches ``threshold``, else the most probable of the other labels."""
+    if positive_label is None:
+        return max(probabilities, key=probabilities.get)
+    if probabilities[positive_label] >= threshold:
+        return positive_label
+    rest = {k: v for k, v in probabilities.items() if k != positive_label}
+    return max(rest, key=rest.get)
+
+
+def _display_name(source):
+    return source.get("file") or f"array {source.get('sha256', '')[:12]}"
+
+
+class Predictor:
+    """Run one bundle: ``Predictor.from_bundle(path).predict(path_or_array) -> dict``."""
+
+    def __init__(self, bundle, backend, artifact_key):
+        self.bundle = bundle
+        self.backend = backend
+        self.artifact_key = artifact_key
+        m = bundle.manifest
+        self.manifest = m
+        self.name, self.task, self.modality = m["name"], m["task"], m["modality"]
+        self.labels = list(m["labels"])
+        self.steps = m["preprocessing"]
+        self.output_kind = m["output"].get("kind", "logits")
+        self.positive_label = m.get("positive_label")
+        self.threshold = self._threshold()
+
+    def _threshold(self):
+        m = self.manifest
+        if self.output_kind not in ("logits", "probabilities"):
+            raise BundleError(f"output kind {self.output_kind!r} is not 'logits' or 'probabilities'")
+        if self.task == "segmentation":
+            return float(m["thresholds"]["mask"]) if "mask" in m["thresholds"] else None
+        if self.positive_label is None:
+            return None
+        if self.positive_label not in self.labels:
+            raise BundleError(f"positive_label {self.positive_label!r} is not among labels {self.labels}")
+        if self.positive_label not in m["thresholds"]:
+            raise BundleError(f"thresholds lack the positive label {self.positive_label!r}")
+        return float(m["thresholds"][self.positive_label])
+
+    @classmethod
+    def from_bundle(cls, path, backend="onnxruntime", precision=None, threads=None, providers=None, device=0):
+        """Load and verify a bundle (sha256) and open its artifact for ``backend`` (smallest precision first)."""
+        bundle = Bundle.load(path)
+        key = bundle.find_artifact(backend, precision)
+        if backend == "tensorrt":
+            opts = {"entry": bundle.manifest["artifacts"][key], "device": device}
+        else:
+            opts = {"threads": threads}
+            if providers:
+                opts["providers"] = providers
+        return cls(bundle, create_backend(backend, bundle.path_of(key), **opts), key)
+
+    @property
+    def info(self):
+        """What ran: bundle name, task, modality, artifact, backend and precision."""
+        art = self.manifest["artifacts"][self.artifact_key]
+        return {"name": self.name, "task": self.task, "modality": self.modality, "artifact": self.artifact_key,
+                "backend": art["backend"], "precision": art["precision"]}
+
+    def prepare(self, array, meta, source):
+        """Check modality and dimensionality, then run the manifest's preprocessing: ((1, H, W), meta)."""
+        name = _display_name(source)
+        found = meta.get("modality")
+        if found is not None and found != self.modality:
+            raise InputError(f"{name}: wrong modality: the input is {MODALITY_NAMES.get(found, found)} but bundle "
+                             f"{self.name!r} expects {MODALITY_NAMES[self.modality]}")
+        if array.ndim == 3 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim == 3:
+            raise InputError(f"{name}: a volume of {array.shape[0]} slices or frames, but the bundle takes one 2-D "
+                             "image; CT volumes go through CtStudyPipeline (lungedge infer uses it for CT bundles)")
+        if array.ndim != 2:
+            raise InputError(f"{name}: expected a 2-D image, got shape {tuple(array.shape)}")
+        try:
+            return preprocess(array, meta, self.steps)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+
+    def infer(self, tensors):
+        """Run preprocessed (1, H, W) tensors as one batch; returns the model's first output."""
+        batch = np.stack(tensors).astype(np.float32)
+        out = self.backend.run(batch)
+        if out.shape[0] != batch.shape[0]:
+            raise BundleError(f"model returned {out.shape[0]} results for a batch of {batch.shape[0]}")
+        return out
+
+    def predict(self, path_or_array, meta=None):
+        """Predict one image (path or array); returns the result dict."""
+        array, meta, source = load_input(path_or_array, meta)
+        return self.predict_image(array, meta, source)
+
+    def predict_image(self, array, meta, source):
+        """Predict one already-read image."""
+        return self.predict_images([(array, meta, source)])[0]
+
+    def predict_images(self, items):
+        """Predict ``[(array, meta, source), ...]`` in one backend batch; returns one result per item."""
+        prepared = [self.prepare(a, m, s) for a, m, s in items]
+        out = self.infer([t for t, _ in prepared])
+        results = []
+        for row, (_, net_meta), (_, meta, source) in zip(out, prepared, items):
+            result = {"schema": RESULT_SCHEMA, "input": dict(source), "bundle": self.info, "task": self.task,
+                      "image": {"format": meta.get("format"), "shape": meta.get("shape"), "unit": meta.get("unit"),
+                                "modality": meta.get("modality"), "pixel_spacing": meta.get("pixel_spacing")}}
+            if self.task == "classification":
+                result.update(self.classify(row))
+            else:
+                result.update(self.segment(row, net_meta, meta))
+            results.append(result)
+        return results
+
+    def classify(self, row):
+        """Probabilities per label and the decided label from one output row."""
+        row = np.asarray(row, np.float64).ravel()
+        if row.size != len(self.labels):
+            raise BundleError(f"model outputs {row.size} classes but the manifest lists {len(self.labels)} labels")
+        probs = row if self.output_kind == "probabilities" else softmax(row)
+        probabilities = {label: float(p) for label, p in zip(self.labels, probs)}
+        label = decide_label(probabilities, self.positive_label, self.threshold)
+        out = {"probabilities": probabilities, "label": label, "positive_label": self.positive_label,
+               "threshold": self.threshold}
+        if self.positive_label is not None:
+            out["positive"] = label == self.positive_label
+        return out
+
+    def net_mask(self, row):
+        """Class-index mask in network space from one (C, h, w) output."""
+        row = np.asarray(row, np.float32)
+        if row.ndim != 3:
+            raise BundleError(f"segmentation output must be (C, H, W) per image, got {row.shape}")
+        if row.shape[0] == 1:
+            if self.threshold is None:
+                raise BundleError("a one-channel segmentation bundle needs thresholds['mask']")
+            prob = row[0] if self.output_kind == "probabilities" else sigmoid(row[0])
+            return (prob >= self.threshold).astype(np.uint8)
+        if row.shape[0] != len(self.labels):
+            raise BundleError(f"model outputs {row.shape[0]} channels but the manifest lists {len(self.labels)} labels")
+        return np.argmax(row, axis=0).astype(np.uint8)
+
+    def segment(self, row, net_meta, meta):
+        """Mask on the original image grid, with pixel counts, area fractions and mm^2 per foreground label."""
+        mask = self.net_mask(row)
+        box = net_meta.get("letterbox")
+        if box is not None:
+            net_h, net_w = self.bundle.input_size
+            if mask.shape != (net_h, net_w):
+                mask = cv2.resize(mask, (net_w, net_h), interpolation=cv2.INTER_NEAREST)
+            mask = undo_letterbox(mask, box)
+        else:
+            h, w = meta["shape"][-2:]
+            mask = cv2.resize(mask, (int(w), int(h)), interpolation=cv2.INTER_NEAREST)
+        spacing = meta.get("pixel_spacing")
+        pixel_mm2 = float(spacing[0]) * float(spacing[1]) if spacing else None
+        # One channel: foreground is the last label; several: every label but the first (background).
+        foreground = [(1, self.labels[-1])] if np.shape(row)[0] == 1 else list(enumerate(self.labels))[1:]
+        areas = {}
+        for index, label in foreground:
+            pixels = int(np.count_nonzero(mask == index))
+            areas[label] = {"pixels": pixels, "fraction": pixels / float(mask.size),
+                            "area_mm2": pixels * pixel_mm2 if pixel_mm2 is not None else None}
+        return {"mask": mask, "areas": areas, "threshold": self.threshold, "labels": self.labels}
+
+    def close(self):
+        self.backend.close()
