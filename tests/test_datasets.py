@@ -6,9 +6,16 @@ import cv2
 import numpy as np
 import pytest
 
-from lungedge.runtime.datasets import (Record, check_patient_splits, read_class_folders, read_image_mask_pairs,
-                                       read_nifti_pairs,
-                                       read_manifest_csv, select, split_for)
+from lungedge.runtime.datasets import (
+    Record,
+    check_patient_splits,
+    read_class_folders,
+    read_image_mask_pairs,
+    read_manifest_csv,
+    read_nifti_pairs,
+    select,
+    split_for,
+)
 from lungedge.runtime.errors import InputError
 
 

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from lungedge.runtime.errors import BundleError, InputError
-from lungedge.runtime.preprocess import (check_steps, ct_steps, letterbox, preprocess, scale_to_unit, undo_letterbox,
-                                         window_ct, xray_steps)
+from lungedge.runtime.preprocess import (
+    check_steps,
+    ct_steps,
+    letterbox,
+    preprocess,
+    scale_to_unit,
+    undo_letterbox,
+    window_ct,
+    xray_steps,
+)
 
 
 def test_window_ct_hu():
