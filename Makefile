@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -m "not slow and not tensorrt and not gpu"
 
-.PHONY: setup demo test test-all test-pythons lint
+.PHONY: setup tools demo test test-all test-pythons lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/lungedge demo
 
-test: setup
+# shellcheck lints jetson/*.sh in the tests; installed from Debian's packages when missing and apt is usable.
+tools:
+	@command -v shellcheck >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null); } || \
+	  echo "shellcheck not installed: its tests skip (and fail under CI=true)"
+
+test: setup tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) test-pythons
 

@@ -22,7 +22,10 @@ EXTERNAL_COMMANDS = {
     "export": "lungedge.compress.cli",
     "bench": "lungedge.benchmarks.cli",
     "demo": "lungedge.benchmarks.demo",
+    "serve": "lungedge.runtime.service",
 }
+# `lungedge export triton` needs no torch, so it stays on the runtime side (other exports need compress).
+TORCH_FREE_EXPORTS = {"triton": "lungedge.runtime.triton"}
 # Top-level modules that only the compress extra installs.
 COMPRESS_EXTRA_MODULES = ("torch", "torchvision", "torch_pruning", "onnx", "onnxscript", "matplotlib")
 BACKEND_CHOICES = ("onnxruntime", "tensorrt")
@@ -47,6 +50,8 @@ def version():
 def run_external(argv):
     """Import the module that owns ``argv[0]`` and hand it the full argv; 2 when its extra is missing."""
     command, module_name = argv[0], EXTERNAL_COMMANDS[argv[0]]
+    if command == "export" and len(argv) > 1 and argv[1] in TORCH_FREE_EXPORTS:
+        module_name = TORCH_FREE_EXPORTS[argv[1]]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -111,7 +116,7 @@ def _stems(inputs):
     return stems
 
 
-class _Runner:
+class InputRouter:
     """Routes each input: X-ray images through XrayPipeline, CT volumes through CtStudyPipeline."""
 
     def __init__(self, predictor, lung, args):
@@ -160,7 +165,7 @@ def cmd_infer(args):
     try:
         predictor = _open(args.bundle, args, args.precision)
         lung = _open(args.lung_bundle, args, None) if args.lung_bundle else None
-        runner = _Runner(predictor, lung, args)
+        runner = InputRouter(predictor, lung, args)
     except (BundleError, BackendUnavailable, EngineMismatch) as exc:
         print(f"lungedge infer: {exc}", file=sys.stderr)
         return 2

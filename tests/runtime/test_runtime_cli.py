@@ -24,7 +24,8 @@ def test_no_command_is_a_usage_error(capsys):
 def test_external_commands_table():
     assert cli.EXTERNAL_COMMANDS == {"train": "lungedge.models.train", "compress": "lungedge.compress.cli",
                                      "engine": "lungedge.compress.cli", "export": "lungedge.compress.cli",
-                                     "bench": "lungedge.benchmarks.cli", "demo": "lungedge.benchmarks.demo"}
+                                     "bench": "lungedge.benchmarks.cli", "demo": "lungedge.benchmarks.demo",
+                                     "serve": "lungedge.runtime.service"}
 
 
 @pytest.fixture
@@ -196,3 +197,16 @@ def test_infer_multiframe_ct_is_a_study_and_nifti_into_xray_is_refused(ct_cls_bu
     nib.save(nib.Nifti1Image(np.zeros((40, 40, 3), np.int16), np.eye(4)), volume)
     assert cli.main(["infer", volume, "--bundle", xray_cls_bundle]) == 1
     assert "vol.nii.gz: wrong modality: the input is CT" in capsys.readouterr().err
+
+
+def test_torch_free_subcommands_dispatch(capsys):
+    """`export triton` and `serve` route to runtime modules (no torch needed)."""
+    import pytest
+
+    from lungedge.runtime.cli import main
+
+    for argv, word in ((["export", "triton", "--help"], "triton"), (["serve", "--help"], "watch")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        assert word in capsys.readouterr().out.lower()

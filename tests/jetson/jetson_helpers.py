@@ -1,0 +1,36 @@
+"""Helpers of the Jetson-side tests (a module of its own: ``conftest`` is a name every test folder uses)."""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+JETSON = os.path.join(REPO, "jetson")
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "runtime"))  # the runtime tests' tiny ONNX models
+
+from tinymodels import classifier_model, golden_writer, write_bundle  # noqa: E402
+
+LABELS = ["covid", "normal", "pneumonia"]
+
+
+def ci():
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def need_tool(name):
+    """Path of a command-line tool; skip without it, except under CI=true where its absence fails the test."""
+    path = shutil.which(name)
+    if path is None:
+        if ci():
+            pytest.fail(f"{name} is not installed; CI must install it (see jetson/README.md, 'Checks')")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def make_bundle(root, golden=None):
+    """An X-ray classification bundle with golden inputs (``golden`` overrides the golden writer)."""
+    return write_bundle(root, classifier_model(3), "classification", "xray", LABELS, {"covid": 0.4},
+                        positive_label="covid", golden=golden or golden_writer())
