@@ -9,7 +9,6 @@ the segmentation output conv (and attention ``psi`` convs, whose single channel 
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 import torch_pruning as tp
 from torch import nn
 

@@ -1,0 +1,190 @@
+"""Knowledge distillation: a trained full baseline (teacher) teaches a compact student from the registry.
+
+Classifiers learn soft targets, ``KL(softmax(teacher/T) || softmax(student/T)) * T^2`` (Hinton et al. 2015),
+weighted ``alpha``, plus ``1 - alpha`` of the class-balanced cross-entropy on the true labels. Segmenters
+learn the teacher's per-pixel probabilities (BCE against ``sigmoid(teacher/T)``, or MSE on the logits),
+plus the baseline's BCE + soft DICE against the ground truth (``models.train.segmentation_loss``).
+
+The teacher sees exactly the (augmented) batch the student sees, so its logits are computed per batch; without
+augmentation they are computed once per image and reused. A teacher trained at another input size gets the
+batch resized to its own size (segmentation logits are resized back). Early stopping watches the validation
+score of ``models.train.evaluate``; the best weights are restored at the end.
+"""
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from lungedge.models.data import augment
+from lungedge.models.train import class_weights, evaluate, make_optimizer, predict, segmentation_loss
+
+SEG_KD_MODES = ("bce", "mse")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha goes to the hard labels
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 16
+    patience: int = 5
+    augment: bool = True
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    seg_kd: str = "bce"  # "bce": BCE against the teacher's probabilities; "mse": MSE on the logits
+    steps_per_epoch: int = 0  # 0 = whole training split; a positive number caps an epoch (demos, tests)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("epochs, batch_size and patience must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.seg_kd not in SEG_KD_MODES:
+            raise ValueError(f"seg_kd {self.seg_kd!r} not in {SEG_KD_MODES}")
+        if self.steps_per_epoch < 0:
+            raise ValueError("steps_per_epoch must be >= 0 (0 = the whole split)")
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown DistillConfig keys {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def soft_target_loss(student_logits, teacher_logits, temperature):
+    """``KL(p_teacher || p_student) * T^2`` with both distributions softened by T, mean over the batch."""
+    t = float(temperature)
+    log_p_student = F.log_softmax(student_logits / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits / t, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * (t * t)
+
+
+def pixel_kd_loss(student_logits, teacher_logits, mode="bce", temperature=1.0):
+    """Per-pixel distillation on the first (foreground) channel, every pixel counted (ignore regions too)."""
+    s, t = student_logits[:, 0], teacher_logits[:, 0]
+    if mode == "mse":
+        return F.mse_loss(s, t)
+    temp = float(temperature)
+    return F.binary_cross_entropy_with_logits(s / temp, torch.sigmoid(t / temp)) * (temp * temp)
+
+
+def kd_loss(kind, student_logits, teacher_logits, targets, config, weights=None):
+    """``alpha * soft + (1 - alpha) * hard`` for a classification or segmentation batch."""
+    if kind == "classification":
+        soft = soft_target_loss(student_logits, teacher_logits, config.temperature)
+        hard = F.cross_entropy(student_logits, targets, weight=weights)
+    else:
+        soft = pixel_kd_loss(student_logits, teacher_logits, config.seg_kd, config.temperature)
+        hard = segmentation_loss(student_logits, targets)
+    return config.alpha * soft + (1.0 - config.alpha) * hard
+
+
+@torch.no_grad()
+def teacher_logits(teacher, x, teacher_size=None):
+    """Teacher logits for the student's batch ``x``; resized in and out when the teacher wants another size."""
+    size = x.shape[-2:]
+    if teacher_size and tuple(teacher_size) != tuple(size):
+        x = F.interpolate(x, size=tuple(teacher_size), mode="bilinear", align_corners=False, antialias=True)
+    out = teacher(x)
+    if out.ndim == 4 and tuple(out.shape[-2:]) != tuple(size):
+        out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
+    return out
+
+
+def _frozen(teacher):
+    teacher = teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _cached_teacher_loader(teacher, dataset, config, teacher_size, generator):
+    """Without augmentation the teacher's logits are fixed: compute them once, then batches carry them."""
+    images = torch.from_numpy(dataset.images)
+    outs = [teacher_logits(teacher, images[i:i + 32], teacher_size) for i in range(0, len(images), 32)]
+    ds = TensorDataset(images, torch.as_tensor(dataset.targets), torch.cat(outs))
+    return DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=generator,
+                      drop_last=len(ds) > config.batch_size)
+
+
+def distill(teacher, student, spec, train_ds, val_ds, config, teacher_size=None, desc="distill"):
+    """Train ``student`` from ``teacher`` on real data; returns ``(student, report)`` with the best weights.
+
+    train_ds, val_ds: ``models.data.TaskDataset`` of the student's input size (``models.data.load_split``).
+    teacher_size: the teacher's (H, W) when it differs from the student's.
+    """
+    torch.manual_seed(config.seed)
+    teacher = _frozen(teacher)
+    gen = torch.Generator().manual_seed(config.seed)
+    if config.augment:
+        loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, generator=gen,
+                            drop_last=len(train_ds) > config.batch_size)
+    else:
+        loader = _cached_teacher_loader(teacher, train_ds, config, teacher_size, gen)
+    steps = len(loader) if not config.steps_per_epoch else min(len(loader), config.steps_per_epoch)
+    opt, sched = make_optimizer(student, config, steps)
+    weights = class_weights(train_ds.targets, len(spec.labels)) if spec.kind == "classification" else None
+    best_score, best_state, best_epoch, bad, history = -np.inf, None, 0, 0, []
+    t0 = time.time()
+    for epoch in range(config.epochs):
+        loss = _kd_epoch(teacher, student, loader, opt, sched, spec.kind, config, weights, teacher_size, gen,
+                         steps, f"{desc} {epoch + 1}/{config.epochs}")
+        val = evaluate(spec, predict(student, val_ds), val_ds.targets)
+        history.append({"epoch": epoch + 1, "loss": round(loss, 5), "val_score": round(val["score"], 5)})
+        tqdm.write(f"[{desc}] epoch {epoch + 1}: loss={loss:.4f} val_score={val['score']:.4f}")
+        if val["score"] > best_score:
+            best_score, best_epoch, bad = val["score"], epoch + 1, 0
+            best_state = copy.deepcopy(student.state_dict())
+        else:
+            bad += 1
+            if bad >= config.patience and epoch + 1 < config.epochs:
+                tqdm.write(f"[{desc}] early stop: no validation gain for {config.patience} epochs")
+                break
+    if best_state is not None:
+        student.load_state_dict(best_state)
+    report = {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_score": float(best_score),
+              "history": history, "seconds": round(time.time() - t0, 1)}
+    return student.eval(), report
+
+
+def _kd_epoch(teacher, student, loader, opt, sched, kind, config, weights, teacher_size, gen, steps, desc):
+    """One pass (at most ``steps`` batches); returns the mean loss."""
+    student.train()
+    total, n = 0.0, 0
+    for i, batch in enumerate(tqdm(loader, desc=desc, total=steps, leave=False, unit="batch")):
+        if i >= steps:
+            break
+        if len(batch) == 3:  # cached teacher logits (no augmentation)
+            x, y, t_out = batch
+        else:
+            x, y = batch
+            if config.augment:
+                x, y2 = augment(x, y if y.ndim == 3 else None, generator=gen)
+                y = y if y2 is None else y2
+            t_out = teacher_logits(teacher, x, teacher_size)
+        loss = kd_loss(kind, student(x), t_out, y, config, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(x)
+        n += len(x)
+    return total / max(n, 1)
