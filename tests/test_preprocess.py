@@ -67,3 +67,18 @@ def test_unknown_step_or_parameter_is_a_bundle_error():
         check_steps([{"op": "sharpen"}])
     with pytest.raises(BundleError, match="unknown parameters"):
         check_steps([{"op": "letterbox", "size": [8, 8], "fill": 3}])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fast_percentiles_equal_numpy(seed):
+    from lungedge.runtime.preprocess import percentiles
+
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 300)), int(rng.integers(1, 300)))
+    qs = (0.5, 99.5, float(rng.uniform(0, 100)))
+    img = rng.integers(0, 256, shape).astype(np.float32)  # 8-bit valued: histogram path
+    np.testing.assert_allclose(percentiles(img, qs), np.percentile(img, qs), rtol=0, atol=1e-9)
+    img16 = rng.integers(0, 65536, shape).astype(np.float32)  # generic path
+    np.testing.assert_allclose(percentiles(img16, qs), np.percentile(img16, qs), rtol=1e-6)
+    frac = rng.uniform(0, 255, shape).astype(np.float32)
+    np.testing.assert_allclose(percentiles(frac, qs), np.percentile(frac, qs), rtol=1e-6)
