@@ -1,0 +1,224 @@
+"""Render BENCHMARKS.md from benchmark results (never edited by hand): the targets, met or missed, then each task.
+
+    python benchmarks/make_benchmarks_md.py reports/xray-cls reports/ct-cls reports/xray-seg reports/ct-seg \\
+        reports/ct-scaling -o BENCHMARKS.md
+    lungedge bench report RESULTS_DIR ... -o BENCHMARKS.md
+
+Each RESULTS_DIR holds the ``results.json`` of ``lungedge bench`` (or of ``lungedge bench scaling``). Targets are
+judged on what those files hold; a target whose run is missing reads "not measured". Accuracy targets are
+"met" only when the 95 % CI bound of the drop is within the tolerance; when only the point estimate is, they are
+"unproven" (too few test images to show it).
+"""
+
+import argparse
+import datetime
+import os
+import sys
+
+from lungedge.benchmarks import report as R
+from lungedge.benchmarks import scaling as SC
+
+XRAY_SPEEDUP, XRAY_SMALLER, XRAY_AUC_DROP, XRAY_SENS_DROP = 20.0, 8.0, 0.01, 0.02
+SEG_SPEEDUP, SEG_DICE_DROP = 8.0, 0.01
+PRE_POST_SHARE = 0.15
+RSS_MB = 300.0
+TASK_TITLES = {("xray", "classification"): "X-ray classification", ("ct", "classification"): "CT classification",
+               ("xray", "segmentation"): "X-ray lung segmentation", ("ct", "segmentation"): "CT lesion segmentation"}
+ORDER = [("xray", "classification"), ("ct", "classification"), ("xray", "segmentation"), ("ct", "segmentation")]
+
+
+def _status_at_least(value, limit):
+    if value is None:
+        return "not measured"
+    return "met" if value >= limit else "missed"
+
+
+def _status_below(value, limit):
+    if value is None:
+        return "not measured"
+    return "met" if value < limit else "missed"
+
+
+def _status_drop(delta, tolerance):
+    """met: CI lower bound within the tolerance; unproven: only the point estimate is; missed: not even that."""
+    if not delta or "error" in delta:
+        return "not measured"
+    if delta["low"] >= -tolerance:
+        return "met"
+    return "unproven" if delta["delta"] >= -tolerance else "missed"
+
+
+def _noisy(results):
+    return " (noisy timing run)" if results.get("noisy") else ""
+
+
+SCORE = {"met": 3, "unproven": 2, "not measured": 1, "missed": 0}
+
+
+def _pick(rows, checks):
+    """The candidate row that meets the most of ``checks`` (then the fastest)."""
+    def key(row):
+        statuses = [check(row)[1] for check in checks]
+        return (sum(SCORE[s] for s in statuses), (row.get("speedup") or {}).get("batch1", {}).get("ratio") or 0)
+    return max(rows, key=key) if rows else None
+
+
+def _target(name, measured, status, results, row=None):
+    return {"target": name, "measured": measured, "status": status,
+            "variant": row["name"] if row else None, "command": results["command"] if results else None}
+
+
+def xray_targets(results):
+    """The X-ray INT8 classifier targets (speed, size, AUC, sensitivity, pre/post share, peak RSS)."""
+    names = ["X-ray INT8 classifier: >= 20x lower batch-1 latency than DenseNet-121 torch FP32",
+             "X-ray INT8 classifier: >= 8x smaller than DenseNet-121 torch FP32",
+             "X-ray INT8 classifier: AUC drop <= 0.01", "X-ray INT8 classifier: sensitivity drop <= 0.02",
+             "Runtime pre+post-processing <= 15 % of model time (compressed X-ray classifier, batch 1)",
+             "Peak RSS of an inference process with the compressed X-ray bundle < 300 MB"]
+    if results is None:
+        return [_target(n, "–", "not measured", None) for n in names]
+    ref = results["rows"][0]
+    ref_note = "" if ref["info"].get("arch") == "densenet121" and ref["info"]["backend"] == "torch" else \
+        f" (reference is {ref['name']}, not the DenseNet-121 torch FP32 baseline)"
+
+    def speed(row):
+        sp = row["speedup"]["batch1"]
+        return f"{R.fmt_ratio(sp)}{_noisy(results)}{ref_note}", _status_at_least(sp["ratio"], XRAY_SPEEDUP)
+
+    def size(row):
+        return f"{R.fmt(row['size_ratio'], 1)}x ({R.fmt_mb(row['info']['bytes'])} MB){ref_note}", \
+            _status_at_least(row["size_ratio"], XRAY_SMALLER)
+
+    def auc(row):
+        d = (row.get("deltas") or {}).get("auc")
+        return f"dAUC {R.fmt_ci(d)}", _status_drop(d, XRAY_AUC_DROP)
+
+    def sens(row):
+        d = (row.get("deltas") or {}).get("sensitivity")
+        return f"dSens {R.fmt_ci(d)}", _status_drop(d, XRAY_SENS_DROP)
+
+    def share(row):
+        v = row["latency"].get("pre_post_share_of_model")
+        st = row["latency"]["stages"]
+        return (f"{R.fmt(100 * v if v is not None else None, 1)} % (pre {R.fmt(st['preprocess']['p50_ms'], 2)} + post "
+                f"{R.fmt(st['postprocess']['p50_ms'], 2)} ms vs model {R.fmt(st['model']['p50_ms'], 2)} ms)"
+                f"{_noisy(results)}", _status_below(v, PRE_POST_SHARE + 1e-12))
+
+    def rss(row):
+        mb = (row.get("memory") or {}).get("peak_rss_mb")
+        return f"{R.fmt(mb, 0)} MB", _status_below(mb, RSS_MB)
+
+    checks = [speed, size, auc, sens, share, rss]
+    candidates = [r for r in results["rows"] if r["role"] == "variant" and r["info"]["precision"] == "int8"]
+    row = _pick(candidates, checks[:4])
+    if row is None:
+        return [_target(n, "no INT8 variant in the run", "not measured", results) for n in names]
+    return [_target(n, *check(row), results, row) for n, check in zip(names, checks)]
+
+
+def seg_targets(results, title):
+    names = [f"{title}: >= 8x lower batch-1 latency than the full U-Net FP32",
+             f"{title}: DICE drop <= 0.01"]
+    if results is None:
+        return [_target(n, "–", "not measured", None) for n in names]
+    ref = results["rows"][0]
+    ref_note = "" if ref["info"].get("arch") == "unet" and ref["info"]["backend"] == "torch" else \
+        f" (reference is {ref['name']}, not the U-Net torch FP32 baseline)"
+
+    def speed(row):
+        sp = row["speedup"]["batch1"]
+        return f"{R.fmt_ratio(sp)}{_noisy(results)}{ref_note}", _status_at_least(sp["ratio"], SEG_SPEEDUP)
+
+    def dice(row):
+        d = (row.get("deltas") or {}).get("dice")
+        return f"dDICE {R.fmt_ci(d)}", _status_drop(d, SEG_DICE_DROP)
+
+    row = _pick([r for r in results["rows"] if r["role"] == "variant"], [speed, dice])
+    if row is None:
+        return [_target(n, "no variant in the run", "not measured", results) for n in names]
+    return [_target(names[0], *speed(row), results, row), _target(names[1], *dice(row), results, row)]
+
+
+def scaling_target(results):
+    name = "300-slice CT study < 10 s"
+    if results is None:
+        return _target(name, "–", "not measured", None)
+    lat = results.get("target_latency_s")
+    status = {True: "met", False: "missed", None: "not measured"}[results.get("meets_target")]
+    per = results["fit"].get("per_slice_s")
+    measured = (f"{R.fmt(lat, 2)} s (fit {R.fmt(results['fit'].get('intercept_s'), 2)} s + "
+                f"{R.fmt(per * 1000 if per else None, 1)} ms/slice)") if lat is not None else "–"
+    return _target(name, measured, status, results)
+
+
+def classify(results_list):
+    """{(modality, task): results} for bench runs (the last one wins) and the scaling run."""
+    by_task, scaling = {}, None
+    for res in results_list:
+        if res.get("kind") == "scaling":
+            scaling = res
+        else:
+            by_task[(res["modality"], res["task"])] = res
+    return by_task, scaling
+
+
+def targets(results_list):
+    by_task, scaling = classify(results_list)
+    out = xray_targets(by_task.get(("xray", "classification")))
+    out += seg_targets(by_task.get(("xray", "segmentation")), "X-ray lung segmenter")
+    out += seg_targets(by_task.get(("ct", "segmentation")), "CT lesion segmenter")
+    out.append(scaling_target(scaling))
+    return out
+
+
+def render(results_dirs, out_path):
+    """BENCHMARKS.md text from the results folders (figure links relative to ``out_path``'s folder)."""
+    loaded = [(d, R.load_results(d)) for d in results_dirs]
+    by_task, scaling = classify([r for _, r in loaded])
+    where = {id(r): d for d, r in loaded}
+    base = os.path.dirname(os.path.abspath(out_path))
+    cmd = "python benchmarks/make_benchmarks_md.py " + " ".join(results_dirs) + f" -o {out_path}"
+    parts = ["# lungedge benchmarks", "",
+             f"Generated from the results of the runs below by `{cmd}` "
+             f"({datetime.date.today().isoformat()}); do not edit by hand: rerun the commands and regenerate.", "",
+             "Accuracy targets are judged on the 95 % patient-level bootstrap interval of the drop: **met** when its "
+             "bound is within the tolerance, **unproven** when only the point estimate is, **missed** otherwise.", "",
+             "## Targets", ""]
+    judged = targets([r for _, r in loaded])
+    commands = []
+    for t in judged:
+        if t["command"] and t["command"] not in commands:
+            commands.append(t["command"])
+    rows = [[t["target"], t["variant"] or "–", t["measured"], f"**{t['status']}**",
+             f"[{commands.index(t['command']) + 1}]" if t["command"] else "–"] for t in judged]
+    parts += [R.md_table(["target", "variant judged", "measured", "status", "run"], rows), "", "Runs:", ""]
+    parts += [f"{i}. `{c}`" for i, c in enumerate(commands, 1)] + [""]
+    for key in ORDER:
+        res = by_task.get(key)
+        if res is None:
+            parts += [f"## {TASK_TITLES[key]}", "", "Not measured yet.", ""]
+            continue
+        rel = os.path.relpath(os.path.abspath(where[id(res)]), base)
+        body = R.render_markdown(res, figures_dir=where[id(res)], heading_level=2, figure_prefix=rel + "/")
+        body = body.replace(f"## {res['task'].capitalize()} benchmark:", f"## {TASK_TITLES[key]}:", 1)
+        parts += [body, ""]
+    if scaling is not None:
+        rel = os.path.relpath(os.path.abspath(where[id(scaling)]), base)
+        parts += [SC.render_markdown(scaling, heading_level=2), f"![CT study scaling]({rel}/scaling.png)", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Render BENCHMARKS.md from lungedge bench results.")
+    p.add_argument("results", nargs="+", help="folders holding results.json (bench or bench scaling)")
+    p.add_argument("-o", "--out", default="BENCHMARKS.md")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    text = render(a.results, a.out)
+    with open(a.out, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

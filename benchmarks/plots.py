@@ -1,0 +1,174 @@
+"""Figures of a benchmark (matplotlib, Agg backend: no display needed), drawn from the results dict.
+
+ROC curves of the reference and every variant overlaid, latency vs accuracy with the Pareto front, the
+per-image DICE distribution, the images where the least faithful variant and the reference disagree most, and
+the CT study scaling. Everything except the example images is recomputed from results.json alone.
+"""
+
+import os
+
+import numpy as np
+
+from lungedge.benchmarks import metrics as M
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def roc(results, path):
+    """ROC of every row on the evaluated split: the positive label first, then each other label one-vs-rest."""
+    plt = _plt()
+    labels, positive = results["labels"], results["positive_label"]
+    classes = [positive] + [lab for lab in labels if lab != positive] if len(labels) > 2 else [positive]
+    truth = results["per_image"]["labels"]
+    panels = [(c, np.array([lab == c for lab in truth], int)) for c in classes]
+    panels = [(c, y) for c, y in panels if 0 < y.sum() < len(y)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 5.0), squeeze=False)
+    for ax, (cls, y) in zip(axes[0], panels):
+        k = labels.index(cls)
+        for row in results["rows"]:
+            scores = np.asarray(row["per_image_probabilities"])[:, k]
+            fpr, tpr, _ = M.roc_curve(y, scores)
+            ax.plot(fpr, tpr, lw=1.6, label=f"{row['name']} (AUC {M.roc_auc(y, scores):.3f})",
+                    ls="-" if row["role"] != "variant" else "--")
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
+        ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01),
+               title=f"{cls} vs rest ({int(y.sum())} of {len(y)} images)")
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def _accuracy_value(results, row):
+    if results["task"] == "classification":
+        return (row["accuracy"].get("test") or {}).get("auc"), "AUC (positive label)"
+    return row["accuracy"]["summary"]["dice"]["mean"], "mean DICE"
+
+
+def pareto(results, path):
+    """Batch-1 model latency (log) against accuracy; the Pareto-optimal rows joined by a line."""
+    plt = _plt()
+    pts = []
+    for row in results["rows"]:
+        acc, ylabel = _accuracy_value(results, row)
+        if acc is not None:
+            pts.append((row["latency"]["batch1"]["p50_ms"], acc, row["name"], row["role"]))
+    if not pts:
+        return None
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for x, yv, name, role in pts:
+        ax.scatter([x], [yv], s=45, marker="o" if role == "variant" else "s", label=name)
+    front, best = [], -np.inf
+    for x, yv, _, _ in sorted(pts):
+        if yv > best:
+            front.append((x, yv))
+            best = yv
+    ax.plot(*zip(*front), color="0.5", lw=1, ls=":", label="Pareto front")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set(xlabel="batch-1 model latency p50 (ms, log scale)", ylabel=ylabel, title="Latency vs accuracy")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+    return _save(fig, path)
+
+
+def dice_distribution(results, path):
+    """Per-image DICE of every row against the ground truth (box plot with the points)."""
+    plt = _plt()
+    rows = results["rows"]
+    data = [row["accuracy"]["per_image"]["dice"] for row in rows]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 4.2))
+    ax.boxplot(data, showfliers=False)
+    rng = np.random.default_rng(0)
+    for i, values in enumerate(data, start=1):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=8, alpha=0.6)
+    ax.set_xticks(range(1, len(rows) + 1))
+    ax.set_xticklabels([r["name"] for r in rows], rotation=20, ha="right", fontsize=7)
+    ax.set(ylabel="DICE per image", ylim=(-0.02, 1.02), title=f"Per-image DICE ({len(data[0])} images)")
+    return _save(fig, path)
+
+
+def examples(ex, path):
+    """Images of largest disagreement: masks as contours (segmentation) or both probabilities (classification)."""
+    if not ex or not ex["items"]:
+        return None
+    plt = _plt()
+    n = len(ex["items"])
+    fig, axes = plt.subplots(1, n, figsize=(3.0 * n, 3.9))
+    axes = np.atleast_1d(axes)
+    for ax, item in zip(axes, ex["items"]):
+        ax.imshow(item["image"], cmap="gray")
+        ax.axis("off")
+        if ex["task"] == "segmentation":
+            for mask, color in ((item["gt"] == 1, "lime"), (item["reference_mask"] > 0, "deepskyblue"),
+                                (item["variant_mask"] > 0, "red")):
+                if mask.any():
+                    ax.contour(mask.astype(float), levels=[0.5], colors=color, linewidths=0.9)
+            ax.set_title(f"{item['file'][:22]}\nDICE to baseline {item['dice_to_baseline']:.3f}", fontsize=7)
+        else:
+            ax.set_title(f"{item['file'][:22]} ({item['label']})\nref p={item['reference_p']:.3f}  "
+                         f"var p={item['variant_p']:.3f}", fontsize=7)
+    legend = ("green: ground truth, blue: " + ex["reference"] + ", red: " + ex["variant"]
+              if ex["task"] == "segmentation" else f"p = positive-label probability; {ex['reference']} vs {ex['variant']}")
+    fig.text(0.5, 0.01, legend, ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def scaling(results, path):
+    """CT study latency (median with min-max) and peak RSS against the number of slices, with the linear fit."""
+    plt = _plt()
+    pts = results["points"]
+    n = np.array([p["slices"] for p in pts])
+    med = np.array([p["latency_s"]["median"] for p in pts])
+    lo = np.array([p["latency_s"]["min"] for p in pts])
+    hi = np.array([p["latency_s"]["max"] for p in pts])
+    fig, ax = plt.subplots(figsize=(6.2, 4.2))
+    ax.errorbar(n, med, yerr=[med - lo, hi - med], fmt="o", capsize=3, label="study latency (median, min-max)")
+    fit = results["fit"]
+    xs = np.linspace(0, n.max() * 1.05, 50)
+    ax.plot(xs, fit["intercept_s"] + fit["per_slice_s"] * xs, ls="--", lw=1, color="0.35",
+            label=f"fit: {fit['intercept_s']:.2f} s + {1000 * fit['per_slice_s']:.1f} ms/slice (R2 {fit['r2']:.3f})")
+    ax.set(xlabel="slices per study", ylabel="seconds")
+    if results.get("target_s"):
+        ax.axhline(results["target_s"], color="0.6", lw=0.8, ls=":")
+    rss = [p.get("peak_rss_mb") for p in pts]
+    if any(r is not None for r in rss):
+        ax2 = ax.twinx()
+        ax2.plot(n, [r if r is not None else np.nan for r in rss], "s-", color="tab:orange", ms=4, lw=1,
+                 label="peak RSS (MB)")
+        ax2.set_ylabel("peak RSS per process (MB)")
+        ax2.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("CT study scaling")
+    return _save(fig, path)
+
+
+def plot_all(results, out_dir, examples_data=None):
+    """Every figure that applies to this run; returns the paths written."""
+    written = []
+    if results["task"] == "classification":
+        written.append(roc(results, os.path.join(out_dir, "roc.png")))
+    else:
+        written.append(dice_distribution(results, os.path.join(out_dir, "dice_distribution.png")))
+    written.append(pareto(results, os.path.join(out_dir, "pareto.png")))
+    written.append(examples(examples_data, os.path.join(out_dir, "examples.png")))
+    return [p for p in written if p]

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Every benchmark behind BENCHMARKS.md, then BENCHMARKS.md itself. Run from the repository root:
+#
+#   benchmarks/reproduce.sh [DATA_DIR] [RUNS_DIR] [BUNDLES_DIR] [REPORTS_DIR]
+#
+# defaults: ../shared/data, runs (tools/train_baselines.sh), bundles (lungedge compress --recipe <task> ...
+# --out bundles/<task>), reports. A task whose baseline run is missing is skipped; a task without a compressed
+# bundle is benchmarked baseline-only (torch FP32 vs its ONNX FP32 export). Set THREADS to pin the thread count.
+set -euo pipefail
+data=${1:-../shared/data}
+runs=${2:-runs}
+bundles=${3:-bundles}
+reports=${4:-reports}
+threads=${THREADS:-0}
+L=${LUNGEDGE:-lungedge}
+mkdir -p "$reports/baselines"
+done_dirs=()
+
+bench_task() {  # task arch
+    local task=$1 run="$runs/$1-$2" base="$reports/baselines/$1-$2-fp32" variants=()
+    if [ ! -f "$run/metrics.json" ]; then
+        echo "skip $task: no trained baseline in $run" >&2
+        return
+    fi
+    [ -f "$base/manifest.json" ] || $L export onnx --baseline "$run" --data "$data/$task" --out "$base" --force
+    [ -f "$bundles/$task/manifest.json" ] && variants=(--variants "$bundles/$task")
+    $L bench --torch-run "$run" --baseline "$base" ${variants[@]+"${variants[@]}"} --data "$data/$task" --split test \
+        --threads "$threads" --batch 8 --out "$reports/$task" --no-progress
+    done_dirs+=("$reports/$task")
+}
+
+bench_task xray-cls densenet121
+bench_task ct-cls densenet121
+bench_task xray-seg unet
+bench_task ct-seg unet
+
+seg="$bundles/ct-seg"
+[ -f "$seg/manifest.json" ] || seg="$reports/baselines/ct-seg-unet-fp32"
+if [ -f "$seg/manifest.json" ]; then
+    cls=()
+    [ -f "$bundles/ct-cls/manifest.json" ] && cls=(--classifier "$bundles/ct-cls")
+    $L bench scaling --segmenter "$seg" ${cls[@]+"${cls[@]}"} --data "$data/ct-seg" "$data/ct-cls" --slices 10 50 100 300 \
+        --threads "$threads" --out "$reports/ct-scaling" --no-progress
+    done_dirs+=("$reports/ct-scaling")
+fi
+
+if [ ${#done_dirs[@]} -gt 0 ]; then
+    python benchmarks/make_benchmarks_md.py "${done_dirs[@]}" -o BENCHMARKS.md
+fi

@@ -1,0 +1,239 @@
+"""CT study scaling: study latency and peak memory against the number of slices, with a fitted per-slice cost.
+
+Studies of 10, 50, 100 and 300 slices are assembled from the real CT PNGs of the dev pack (cycled when there
+are fewer), and each size runs in a fresh subprocess (so its ``VmHWM`` is that study's peak): read the slices
+from disk, then the runtime's ``CtStudyPipeline`` (classifier and/or lesion segmenter, slices streamed in
+batches), ``repeats`` times after a warm-up study. Latency is read + pipeline; the fit is least squares of the
+median latency on the slice count: ``latency = intercept + per_slice * slices``.
+
+    lungedge bench scaling --segmenter CT_SEG_BUNDLE [--classifier CT_CLS_BUNDLE] --data DIR [DIR ...] --out DIR
+"""
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_SLICES = (10, 50, 100, 300)
+TARGET_SLICES, TARGET_S = 300, 10.0
+SCHEMA = "lungedge.bench-scaling/1"
+
+
+def slice_files(data_dirs, n):
+    """``n`` CT image paths from the dev-pack manifests of ``data_dirs`` (every split: timing only), cycled."""
+    from lungedge.runtime.datasets import read_manifest_csv
+
+    files = sorted({r.image for d in data_dirs for r in read_manifest_csv(d)})
+    if not files:
+        raise ValueError(f"no images in {list(data_dirs)}")
+    return [files[i % len(files)] for i in range(n)]
+
+
+def _open(path, backend, threads):
+    from lungedge.runtime.predictor import Predictor
+
+    return Predictor.from_bundle(path, backend=backend, threads=threads) if path else None
+
+
+def child(spec):
+    """One study size in this process: warm up, then time ``repeats`` studies; report times and VmHWM."""
+    import cv2
+
+    from lungedge.benchmarks.memory import peak_rss_kb
+
+    classifier = _open(spec.get("classifier"), spec["backend"], spec.get("threads"))
+    segmenter = _open(spec.get("segmenter"), spec["backend"], spec.get("threads"))
+    try:
+        from lungedge.runtime.pipelines import CtStudyPipeline
+
+        pipeline = CtStudyPipeline(classifier=classifier, lesion_segmenter=segmenter, batch_size=spec["batch"])
+        run_study = pipeline.run
+        how = "runtime.pipelines.CtStudyPipeline"
+    except ImportError:  # an older runtime: the bundles in batches, slice by slice
+        def run_study(volume, meta):
+            for start in range(0, len(volume), spec["batch"]):
+                items = [(s, dict(meta), {"file": "slice"}) for s in volume[start:start + spec["batch"]]]
+                for p in (classifier, segmenter):
+                    if p is not None:
+                        p.predict_images(items)
+        how = "predictor batches"
+    meta = {"unit": "display", "intensity_max": 255.0, "modality": "ct", "format": "image"}
+    files = spec["files"]
+
+    def read_volume(paths):
+        return np.stack([cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in paths]).astype(np.float32)
+
+    run_study(read_volume(files[:min(4, len(files))]), meta)  # warm-up: sessions, allocator, caches
+    read_s, pipeline_s, positive = [], [], None
+    for _ in range(spec["repeats"]):
+        t0 = time.perf_counter()
+        volume = read_volume(files)
+        t1 = time.perf_counter()
+        result = run_study(volume, meta)
+        t2 = time.perf_counter()
+        read_s.append(t1 - t0)
+        pipeline_s.append(t2 - t1)
+        if isinstance(result, dict):
+            positive = result.get("positive")
+    return {"slices": len(files), "read_s": read_s, "pipeline_s": pipeline_s,
+            "total_s": [a + b for a, b in zip(read_s, pipeline_s)], "vmhwm_kb": peak_rss_kb(), "how": how,
+            "study_positive": positive, "torch_loaded": "torch" in sys.modules}
+
+
+def fit_linear(n, seconds):
+    """Least squares ``seconds = intercept + per_slice * n`` with R^2."""
+    n, y = np.asarray(n, np.float64), np.asarray(seconds, np.float64)
+    if n.size < 2:
+        return {"intercept_s": float(y[0]) if y.size else None, "per_slice_s": None, "r2": None}
+    per_slice, intercept = np.polyfit(n, y, 1)
+    pred = intercept + per_slice * n
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float(((y - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    return {"intercept_s": float(intercept), "per_slice_s": float(per_slice), "r2": r2}
+
+
+def _summary(values):
+    v = np.asarray(values, np.float64)
+    return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()), "all": v.tolist()}
+
+
+def run_scaling(segmenter=None, classifier=None, data_dirs=(), slices=DEFAULT_SLICES, repeats=3, batch=16,
+                threads=0, backend="onnxruntime", out=None, timeout=1800, progress=True):
+    """Study latency and peak RSS per slice count (one subprocess each), the linear fit and the 300-slice target."""
+    from lungedge.benchmarks.environment import describe
+
+    if not segmenter and not classifier:
+        raise ValueError("give a CT lesion segmenter bundle, a CT classifier bundle, or both")
+    threads = threads or os.cpu_count() or 1
+    points = []
+    steps = list(slices)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="CT study scaling", unit="size")
+    for n in steps:
+        spec = {"segmenter": segmenter, "classifier": classifier, "backend": backend, "threads": threads,
+                "batch": batch, "repeats": repeats, "files": [os.path.abspath(f) for f in slice_files(data_dirs, n)]}
+        cmd = [sys.executable, "-m", "lungedge.benchmarks.scaling", "--child", json.dumps(spec)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            points.append({"slices": n, "error": f"timed out after {timeout} s"})
+            continue
+        lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+        if done.returncode != 0 or not lines:
+            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            points.append({"slices": n, "error": f"exit {done.returncode}: {tail}"})
+            continue
+        r = json.loads(lines[-1])
+        points.append({"slices": n, "latency_s": _summary(r["total_s"]), "read_s": _summary(r["read_s"]),
+                       "pipeline_s": _summary(r["pipeline_s"]), "peak_rss_mb": r["vmhwm_kb"] / 1024.0,
+                       "how": r["how"], "torch_loaded": r["torch_loaded"]})
+    ok = [p for p in points if "error" not in p]
+    fit = fit_linear([p["slices"] for p in ok], [p["latency_s"]["median"] for p in ok])
+    at_target = next((p for p in ok if p["slices"] == TARGET_SLICES), None)
+    results = {
+        "schema": SCHEMA, "kind": "scaling",
+        "created": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        "bundles": {"segmenter": segmenter and os.path.abspath(segmenter),
+                    "classifier": classifier and os.path.abspath(classifier)},
+        "backend": backend, "threads": threads, "batch": batch, "repeats": repeats,
+        "data_dirs": [os.path.abspath(d) for d in data_dirs], "points": points, "fit": fit,
+        "target_slices": TARGET_SLICES, "target_s": TARGET_S,
+        "target_latency_s": at_target["latency_s"]["median"] if at_target else None,
+        "meets_target": (at_target["latency_s"]["median"] < TARGET_S) if at_target else None,
+        "command": _command(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out),
+        "environment": describe(threads),
+    }
+    if out:
+        write_scaling(results, out)
+    return results
+
+
+def _command(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out):
+    parts = ["lungedge", "bench", "scaling"]
+    if segmenter:
+        parts += ["--segmenter", segmenter]
+    if classifier:
+        parts += ["--classifier", classifier]
+    parts += ["--data"] + list(data_dirs) + ["--slices"] + [str(s) for s in slices]
+    parts += ["--repeats", str(repeats), "--batch", str(batch), "--threads", str(threads)]
+    if backend != "onnxruntime":
+        parts += ["--backend", backend]
+    if out:
+        parts += ["--out", out]
+    return " ".join(parts)
+
+
+def render_markdown(results, heading_level=1):
+    from lungedge.benchmarks.report import fmt, md_table
+
+    h = "#" * heading_level
+    fit = results["fit"]
+    rows = []
+    for p in results["points"]:
+        if "error" in p:
+            rows.append([p["slices"], "error: " + p["error"], "", "", "", ""])
+            continue
+        rows.append([p["slices"], fmt(p["latency_s"]["median"], 2),
+                     f"{fmt(p['latency_s']['min'], 2)} - {fmt(p['latency_s']['max'], 2)}",
+                     fmt(p["read_s"]["median"], 2), fmt(p["pipeline_s"]["median"], 2), fmt(p["peak_rss_mb"], 0)])
+    per_slice = fit.get("per_slice_s")
+    lines = [f"{h} CT study scaling", "",
+             f"Bundles: {results['bundles']}; {results['backend']}, {results['threads']} threads, slices in batches of "
+             f"{results['batch']}, median of {results['repeats']} studies after a warm-up; one process per study size.",
+             "", "```", results["command"], "```", "",
+             md_table(["slices", "latency s (median)", "min - max", "read s", "pipeline s", "peak RSS MB"], rows), "",
+             f"Fit: {fmt(fit.get('intercept_s'), 3)} s + {fmt(per_slice * 1000 if per_slice else None, 2)} ms per slice "
+             f"(R^2 {fmt(fit.get('r2'), 4)}).",
+             f"Target: a {results['target_slices']}-slice study in under {results['target_s']:.0f} s: "
+             + {True: "met", False: "missed", None: "not measured"}[results["meets_target"]]
+             + (f" ({fmt(results['target_latency_s'], 2)} s)" if results["target_latency_s"] is not None else "") + ".",
+             "", "![CT study scaling](scaling.png)" if heading_level == 1 else ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_scaling(results, out_dir):
+    from lungedge.benchmarks import plots
+    from lungedge.benchmarks.report import save_results
+
+    os.makedirs(out_dir, exist_ok=True)
+    save_results(results, os.path.join(out_dir, "results.json"))
+    if any("error" not in p for p in results["points"]):
+        plots.scaling(results, os.path.join(out_dir, "scaling.png"))
+    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as fh:
+        fh.write(render_markdown(results))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="lungedge bench scaling", description="CT study latency and memory vs slices.")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--segmenter", help="CT lesion segmentation bundle")
+    p.add_argument("--classifier", help="CT slice classification bundle")
+    p.add_argument("--data", nargs="+", default=[], help="dev-pack folders with CT PNGs (ct-seg, ct-cls)")
+    p.add_argument("--slices", nargs="+", type=int, default=list(DEFAULT_SLICES))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--out")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(child(json.loads(a.child))))
+        return 0
+    if not a.data:
+        p.error("--data is required")
+    results = run_scaling(a.segmenter, a.classifier, a.data, a.slices, a.repeats, a.batch, a.threads, a.backend,
+                          a.out, progress=not a.no_progress)
+    print(render_markdown(results, heading_level=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
