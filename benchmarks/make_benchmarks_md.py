@@ -171,13 +171,58 @@ def targets(results_list):
     return out
 
 
-def render(results_dirs, out_path):
+def train_command(cfg):
+    """The ``lungedge train`` command line that reproduces a run's config.json."""
+    c = cfg["config"]
+    return (f"lungedge train --task {c['task']} --data {c['data']} --arch {c['arch']} --size {c['size']} "
+            f"--epochs {c['epochs']} --patience {c['patience']} --batch-size {c['batch_size']} --lr {c['lr']} "
+            f"--seed {c['seed']}" + ("" if c.get("augment", True) else " --no-augment"))
+
+
+def baselines_section(run_dirs):
+    """Markdown table of the trained baselines: validation and test metrics, epochs, time, command."""
+    import json
+
+    rows, cmds = [], []
+    for d in run_dirs:
+        with open(os.path.join(d, "config.json"), encoding="utf-8") as fh:
+            cfg = json.load(fh)
+        with open(os.path.join(d, "metrics.json"), encoding="utf-8") as fh:
+            m = json.load(fh)
+        with open(os.path.join(d, "history.jsonl"), encoding="utf-8") as fh:
+            hist = [json.loads(line) for line in fh if line.strip()]
+        c = cfg["config"]
+        v, t = m["val"], m["test"]
+        if "auc" in t:
+            val = f"AUC {v['auc']:.3f}" + (f" (macro {v['macro_auc']:.3f})" if "macro_auc" in v else "")
+            test = (f"AUC {t['auc']:.3f}" + (f" (macro {t['macro_auc']:.3f})" if "macro_auc" in t else "")
+                    + f", sens {t['sensitivity']:.3f}, spec {t['specificity']:.3f}, F1 {t['f1']:.3f}, F2 {t['f2']:.3f}"
+                    + f" @ val threshold {t['threshold']:.3f}")
+        else:
+            val, test = f"DICE {v['dice']:.3f}", f"DICE {t['dice']:.3f} ± {t['dice_std']:.3f}"
+        cmds.append(train_command(cfg))
+        rows.append([c["task"], c["arch"], f"{c['size']} px", str(len(hist)),
+                     f"{sum(h['seconds'] for h in hist) / 60:.0f} min", val, f"{test} (n={m['n_test']})",
+                     f"[t{len(cmds)}]"])
+    parts = ["## Trained baselines", "",
+             "Full baselines trained from scratch by `lungedge train` on the dev pack's train split (CPU, 2 cores, "
+             "reduced resolution; early stopping on validation AUC or DICE). The positive class for AUC, "
+             "sensitivity and specificity is COVID-19; thresholds are fitted on validation (Youden) and applied "
+             "to test. Training times were measured while other jobs shared the CPU.", "",
+             R.md_table(["task", "architecture", "input", "epochs", "train time", "validation", "test", "command"],
+                        rows), ""]
+    parts += [f"- t{i}: `{c}`" for i, c in enumerate(cmds, 1)] + [""]
+    return parts
+
+
+def render(results_dirs, out_path, run_dirs=()):
     """BENCHMARKS.md text from the results folders (figure links relative to ``out_path``'s folder)."""
     loaded = [(d, R.load_results(d)) for d in results_dirs]
     by_task, scaling = classify([r for _, r in loaded])
     where = {id(r): d for d, r in loaded}
     base = os.path.dirname(os.path.abspath(out_path))
-    cmd = "python benchmarks/make_benchmarks_md.py " + " ".join(results_dirs) + f" -o {out_path}"
+    cmd = ("python benchmarks/make_benchmarks_md.py " + " ".join(results_dirs) + f" -o {out_path}"
+           + (" --runs " + " ".join(run_dirs) if run_dirs else ""))
     parts = ["# lungedge benchmarks", "",
              f"Generated from the results of the runs below by `{cmd}` "
              f"({datetime.date.today().isoformat()}); do not edit by hand: rerun the commands and regenerate.", "",
@@ -193,6 +238,8 @@ def render(results_dirs, out_path):
              f"[{commands.index(t['command']) + 1}]" if t["command"] else "–"] for t in judged]
     parts += [R.md_table(["target", "variant judged", "measured", "status", "run"], rows), "", "Runs:", ""]
     parts += [f"{i}. `{c}`" for i, c in enumerate(commands, 1)] + [""]
+    if run_dirs:
+        parts += baselines_section(run_dirs)
     for key in ORDER:
         res = by_task.get(key)
         if res is None:
@@ -212,8 +259,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Render BENCHMARKS.md from lungedge bench results.")
     p.add_argument("results", nargs="+", help="folders holding results.json (bench or bench scaling)")
     p.add_argument("-o", "--out", default="BENCHMARKS.md")
+    p.add_argument("--runs", nargs="*", default=[], help="baseline run folders (config.json, metrics.json)")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    text = render(a.results, a.out)
+    text = render(a.results, a.out, a.runs)
     with open(a.out, "w", encoding="utf-8") as fh:
         fh.write(text)
     print(f"wrote {a.out}")

@@ -4,20 +4,20 @@
 #   benchmarks/reproduce.sh [DATA_DIR] [RUNS_DIR] [BUNDLES_DIR] [REPORTS_DIR]
 #
 # defaults: ../shared/data, runs (tools/train_baselines.sh), bundles (lungedge compress --recipe <task> ...
-# --out bundles/<task>), reports. A task whose baseline run is missing is skipped; a task without a compressed
+# --out bundles/<task>; baseline exports in bundles/<task>-baseline), docs/benchmarks (committed: JSON, Markdown, plots). A task whose baseline run is missing is skipped; a task without a compressed
 # bundle is benchmarked baseline-only (torch FP32 vs its ONNX FP32 export). Set THREADS to pin the thread count.
 set -euo pipefail
 data=${1:-../shared/data}
 runs=${2:-runs}
 bundles=${3:-bundles}
-reports=${4:-reports}
+reports=${4:-docs/benchmarks}
 threads=${THREADS:-0}
 L=${LUNGEDGE:-lungedge}
-mkdir -p "$reports/baselines"
+mkdir -p "$reports"
 done_dirs=()
 
 bench_task() {  # task arch
-    local task=$1 run="$runs/$1-$2" base="$reports/baselines/$1-$2-fp32" variants=()
+    local task=$1 run="$runs/$1-$2" base="$bundles/$1-baseline" variants=()
     if [ ! -f "$run/metrics.json" ]; then
         echo "skip $task: no trained baseline in $run" >&2
         return
@@ -35,7 +35,7 @@ bench_task xray-seg unet
 bench_task ct-seg unet
 
 seg="$bundles/ct-seg"
-[ -f "$seg/manifest.json" ] || seg="$reports/baselines/ct-seg-unet-fp32"
+[ -f "$seg/manifest.json" ] || seg="$bundles/ct-seg-baseline"
 if [ -f "$seg/manifest.json" ]; then
     cls=()
     [ -f "$bundles/ct-cls/manifest.json" ] && cls=(--classifier "$bundles/ct-cls")
@@ -45,5 +45,7 @@ if [ -f "$seg/manifest.json" ]; then
 fi
 
 if [ ${#done_dirs[@]} -gt 0 ]; then
-    python benchmarks/make_benchmarks_md.py "${done_dirs[@]}" -o BENCHMARKS.md
+    run_dirs=()
+    for r in "$runs"/*/metrics.json; do [ -f "$r" ] && run_dirs+=("$(dirname "$r")"); done
+    python benchmarks/make_benchmarks_md.py "${done_dirs[@]}" -o BENCHMARKS.md --runs ${run_dirs[@]+"${run_dirs[@]}"}
 fi

