@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from lungedge.benchmarks import metrics as M
 from scipy import ndimage as ndi
 from sklearn import metrics as sk
+
+from lungedge.benchmarks import metrics as M
 
 SEEDS = range(30)
 

@@ -4,9 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
+
 from lungedge.benchmarks import metrics as M
 from lungedge.benchmarks import stats as S
-from sklearn.metrics import roc_auc_score
 
 
 def scored_cases(seed, n=120):
