@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from lungedge.runtime.errors import InputError
-from lungedge.runtime.io.image import MAX_FILE_BYTES, check_side, to_gray
+from lungedge.runtime.io.image import check_file, check_side, to_gray
 
 MODALITIES = {"DX": "xray", "CR": "xray", "CT": "ct"}
 MAX_FRAMES = 2000
@@ -84,14 +84,7 @@ def has_dicom_preamble(path):
 def _open(path, name, stop_before_pixels=False):
     """Parse a DICOM file; any parser failure becomes an InputError naming the file."""
     pydicom = _pydicom()
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise InputError(f"{name}: cannot open ({exc.strerror})") from None
-    if size == 0:
-        raise InputError(f"{name}: file is empty")
-    if size > MAX_FILE_BYTES:
-        raise InputError(f"{name}: file is {size} bytes, above the {MAX_FILE_BYTES}-byte limit")
+    check_file(path, name)
     try:
         # Large values (the pixel data) are read only when touched, after the header checks.
         return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels, defer_size="64 KB")

@@ -49,6 +49,19 @@ def _jpeg_size(path):
     return None
 
 
+def check_file(path, name):
+    """Raise InputError for a missing, empty or oversized file; returns its size in bytes."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot open ({exc.strerror})") from None
+    if size == 0:
+        raise InputError(f"{name}: file is empty")
+    if size > MAX_FILE_BYTES:
+        raise InputError(f"{name}: file is {size} bytes, above the {MAX_FILE_BYTES}-byte limit")
+    return size
+
+
 def check_side(h, w, name):
     """Raise InputError for an image too small to diagnose or too large to decode safely."""
     if min(h, w) < MIN_SIDE:
@@ -76,14 +89,7 @@ def to_gray(array, name="image"):
 def read_image(path):
     """Read a PNG/JPEG/TIFF file; returns (2-D float32 array, meta)."""
     name = os.path.basename(str(path))
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise InputError(f"{name}: cannot open ({exc.strerror})") from None
-    if size == 0:
-        raise InputError(f"{name}: file is empty")
-    if size > MAX_FILE_BYTES:
-        raise InputError(f"{name}: file is {size} bytes, above the {MAX_FILE_BYTES}-byte limit")
+    check_file(path, name)
     with open(path, "rb") as fh:
         head = fh.read(32)
     dims = _png_size(head) or _jpeg_size(path)

@@ -11,7 +11,7 @@ import numpy as np
 
 from lungedge.runtime.errors import InputError
 from lungedge.runtime.io.dicom import MAX_FRAMES
-from lungedge.runtime.io.image import MAX_FILE_BYTES, check_side
+from lungedge.runtime.io.image import check_file, check_side
 
 
 def _nibabel():
@@ -25,14 +25,7 @@ def _nibabel():
 def _load(path, name):
     """Canonical image holding the stored (unscaled, usually int16) data plus the (slope, intercept) to HU."""
     nib = _nibabel()
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise InputError(f"{name}: cannot open ({exc.strerror})") from None
-    if size == 0:
-        raise InputError(f"{name}: file is empty")
-    if size > MAX_FILE_BYTES:
-        raise InputError(f"{name}: file is {size} bytes, above the {MAX_FILE_BYTES}-byte limit")
+    check_file(path, name)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for damaged headers
