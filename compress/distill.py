@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from lungedge.models.data import augment
 from lungedge.models.train import class_weights, evaluate, make_optimizer, predict, segmentation_loss
+from lungedge.runtime.configs import config_from_dict
 
 SEG_KD_MODES = ("bce", "mse")
 
@@ -59,11 +60,7 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown DistillConfig keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def to_dict(self):
         return dataclasses.asdict(self)

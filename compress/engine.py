@@ -17,6 +17,7 @@ import shlex
 from dataclasses import dataclass
 
 from lungedge.compress.errors import EngineBuildError
+from lungedge.runtime.configs import config_from_dict
 from lungedge.runtime.errors import BackendUnavailable
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -49,10 +50,7 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - names:
-            raise ValueError(f"unknown EngineConfig keys {sorted(set(d) - names)}; known: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def to_dict(self):
         return dataclasses.asdict(self)

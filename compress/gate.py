@@ -20,6 +20,7 @@ import numpy as np
 
 from lungedge.benchmarks import metrics as M
 from lungedge.models.train import evaluate
+from lungedge.runtime.configs import config_from_dict
 
 MATCH_BASELINE = "match_baseline_sensitivity"
 FIXED_RULES = ("youden", "f2", MATCH_BASELINE)
@@ -47,11 +48,7 @@ class GateConfig:
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown GateConfig keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def to_dict(self):
         return dataclasses.asdict(self)

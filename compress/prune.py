@@ -6,11 +6,12 @@ MACs fall to the target); channel counts are rounded to multiples of ``round_to`
 the segmentation output conv (and attention ``psi`` convs, whose single channel gates a skip) are never pruned.
 """
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch_pruning as tp
 from torch import nn
+
+from lungedge.runtime.configs import config_from_dict
 
 IMPORTANCES = ("l2", "bn_scale", "taylor")
 
@@ -32,10 +33,7 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - names:
-            raise ValueError(f"unknown PruneConfig keys {sorted(set(d) - names)}; known: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def output_layers(model):

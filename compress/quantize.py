@@ -29,6 +29,7 @@ import onnx
 from lungedge.compress.calibration import CalibrationReader
 from lungedge.compress.errors import CalibrationError, QuantizationError
 from lungedge.compress.qdq_check import check_ort_qdq, check_tensorrt_qdq
+from lungedge.runtime.configs import config_from_dict
 
 
 class Flavour(str, Enum):
@@ -81,10 +82,7 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - names:
-            raise ValueError(f"unknown QuantConfig keys {sorted(set(d) - names)}; known: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def to_dict(self):
         """Plain data for a recipe file or the bundle manifest."""

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from lungedge.models.data import IGNORE, augment, load_split
 from lungedge.models.registry import build, kind_of
 from lungedge.models.tasks import task
+from lungedge.runtime.configs import config_from_dict
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def resolved(self):
         """Fill the task's default architecture and input size."""
