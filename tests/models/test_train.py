@@ -8,13 +8,14 @@ import torch
 from lungedge.models.train import TrainConfig, load_checkpoint, load_model, train
 
 
-def test_train_resume_and_reload(xray_cls_dir, tmp_path):
+def test_train_resume_and_reload(xray_cls_dir, tmp_path, manifest_rows):
     out = str(tmp_path / "run")
     cfg = TrainConfig(task="xray-cls", data=xray_cls_dir, arch="student_s", size=48, epochs=1, batch_size=32,
                       threads=2)
     metrics = train(cfg, out)
+    n_test = sum(r["split"] == "test" for r in manifest_rows(xray_cls_dir))
     assert set(os.listdir(out)) >= {"config.json", "best.pt", "last.pt", "history.jsonl", "metrics.json"}
-    assert 0.0 <= metrics["test"]["auc"] <= 1.0 and metrics["n_test"] == 119
+    assert 0.0 <= metrics["test"]["auc"] <= 1.0 and metrics["n_test"] == n_test
     # Resume continues from the saved epoch instead of starting over.
     metrics2 = train(TrainConfig(**{**cfg.__dict__, "epochs": 2}), out, resume=True)
     with open(os.path.join(out, "history.jsonl")) as fh:
@@ -30,13 +31,20 @@ def test_train_resume_and_reload(xray_cls_dir, tmp_path):
 def test_segmentation_loss_ignores_ignore_label():
     from lungedge.models.train import segmentation_loss
 
-    logits = torch.zeros(1, 1, 4, 4)
-    mask = torch.full((1, 4, 4), 255, dtype=torch.uint8)
-    mask[0, 0, 0] = 1
+    torch.manual_seed(0)
+    logits = torch.randn(1, 1, 4, 4)
+    mask = torch.zeros((1, 4, 4), dtype=torch.uint8)
+    mask[0, :2] = 1
+    mask[0, 3, 3] = 255  # one ignored pixel
     a = segmentation_loss(logits, mask)
-    mask2 = mask.clone()
-    mask2[0, 3, 3] = 255  # unchanged ignore
-    assert torch.isfinite(a) and torch.allclose(a, segmentation_loss(logits, mask2))
+    # Whatever the logit under the ignored pixel, the loss must not move...
+    moved = logits.clone()
+    moved[0, 0, 3, 3] = 50.0
+    assert torch.isfinite(a) and torch.allclose(a, segmentation_loss(moved, mask))
+    # ...while the same change on a counted pixel does (so the check above can fail).
+    counted = mask.clone()
+    counted[0, 3, 3] = 0
+    assert not torch.allclose(segmentation_loss(logits, counted), segmentation_loss(moved, counted))
 
 
 def test_config_rejects_unknown_keys():
