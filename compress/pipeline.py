@@ -39,7 +39,7 @@ from lungedge.compress.recipe import QUANT_KEYS, Recipe, load_recipe
 from lungedge.models.data import load_split
 from lungedge.models.registry import build
 from lungedge.models.tasks import task
-from lungedge.models.train import evaluate, load_model, predict, segmentation_loss
+from lungedge.models.train import evaluate, load_model, open_lung_crop, predict, segmentation_loss
 from lungedge.runtime.bundle import SCHEMA_VERSION, artifact_entry, sha256_file, write_manifest
 from lungedge.runtime.datasets import read_manifest_csv, select
 
@@ -70,6 +70,7 @@ class Run:
     baseline_val: dict
     baseline_test: dict
     threads: int = None
+    crop: object = None  # runtime.pipelines.LungCrop when the baseline was trained on lung crops
     decisions: list = dataclasses.field(default_factory=list)
 
     def record(self, stage, variant, setting, verdict, action):
@@ -114,14 +115,15 @@ def prepare(recipe, baseline_run_dir, data_dir, threads=None):
                             f"was trained for {cfg.task}")
     spec = task(recipe.task)
     size, base_size = recipe.input_size or cfg.size, cfg.size
-    train_ds = load_split(data_dir, spec, "train", size, _bar("load train"))
-    val_ds = load_split(data_dir, spec, "val", size, _bar("load val"))
-    test_ds = load_split(data_dir, spec, "test", size, _bar("load test"))
+    crop = open_lung_crop(cfg, threads)  # the student sees the teacher's lung crops, as the runtime will
+    train_ds = load_split(data_dir, spec, "train", size, _bar("load train"), crop=crop)
+    val_ds = load_split(data_dir, spec, "val", size, _bar("load val"), crop=crop)
+    test_ds = load_split(data_dir, spec, "test", size, _bar("load test"), crop=crop)
     if size == base_size:
         base_val_ds, base_test_ds = val_ds, test_ds
     else:
-        base_val_ds = load_split(data_dir, spec, "val", base_size, _bar("load val (baseline size)"))
-        base_test_ds = load_split(data_dir, spec, "test", base_size, _bar("load test (baseline size)"))
+        base_val_ds = load_split(data_dir, spec, "val", base_size, _bar("load val (baseline size)"), crop=crop)
+        base_test_ds = load_split(data_dir, spec, "test", base_size, _bar("load test (baseline size)"), crop=crop)
     rule = recipe.gate.threshold_rule
     baseline_val = G.measure(spec, predict(baseline, base_val_ds), base_val_ds.targets, rule)
     baseline_test = evaluate(spec, predict(baseline, base_test_ds), base_test_ds.targets,
@@ -131,7 +133,7 @@ def prepare(recipe, baseline_run_dir, data_dir, threads=None):
     return Run(recipe=recipe, spec=spec, size=size, base_size=base_size, data_dir=data_dir, train_ds=train_ds,
                val_ds=val_ds, test_ds=test_ds, base_val_ds=base_val_ds, base_test_ds=base_test_ds,
                baseline=baseline, baseline_cfg=cfg, baseline_val=baseline_val, baseline_test=baseline_test,
-               threads=threads)
+               threads=threads, crop=crop)
 
 
 def _teacher_size(run):
@@ -252,7 +254,7 @@ def calibration_reader(run, limit):
     else:
         records = [r for r in records if r.mask]
     return CalibrationReader(records, run.spec.steps(run.size), input_name=INPUT_NAME, batch_size=8,
-                             limit=limit, progress=True)
+                             limit=limit, progress=True, crop=run.crop)
 
 
 def quantize_stage(run, fp32_path, qconfig, out_path, work_dir):
@@ -518,6 +520,8 @@ def _build_bundle(run, model, staging, work, distill_report, prune_report, basel
     name += "-int8" if any(a["precision"] == "int8" for a in artifacts.values()) else "-fp32"
     manifest = base_manifest(spec, run.size, name, recipe.description)
     manifest.update(artifacts=artifacts, golden=golden, thresholds=thresholds)
+    if run.crop is not None:
+        manifest["input_crop"] = run.crop.spec
     base_onnx = os.path.join(work, "baseline.onnx")
     export_onnx(run.baseline, base_onnx, (run.base_size, run.base_size), opset=recipe.export.opset)
     example = torch.zeros(1, 1, run.size, run.size)

@@ -32,7 +32,7 @@ TASKS = ("classification", "segmentation")
 MODALITIES = ("xray", "ct")
 REQUIRED = ("schema_version", "name", "task", "modality", "input", "output", "preprocessing", "labels",
             "thresholds", "artifacts", "provenance")
-OPTIONAL = ("positive_label", "golden", "metrics", "description")
+OPTIONAL = ("positive_label", "golden", "metrics", "description", "input_crop")
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -94,9 +94,10 @@ def validate_manifest(manifest):
 class Bundle:
     """A loaded, verified bundle: ``manifest`` (dict) and ``path_of(key)`` for its files."""
 
-    def __init__(self, root, manifest):
+    def __init__(self, root, manifest, manifest_sha256=None):
         self.root = root
         self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256  # of manifest.json as read (identifies the bundle)
 
     @classmethod
     def load(cls, root, verify=True):
@@ -110,7 +111,7 @@ class Bundle:
         except (OSError, ValueError) as exc:
             raise BundleError(f"cannot read {mpath}: {exc}") from None
         validate_manifest(manifest)
-        bundle = cls(root, manifest)
+        bundle = cls(root, manifest, sha256_file(mpath))
         if verify:
             bundle.verify()
         return bundle

@@ -29,12 +29,79 @@ def bounding_box(mask, margin=0.05):
     return max(0, x0 - dx), max(0, y0 - dy), min(w, x1 + dx), min(h, y1 + dy)
 
 
-class XrayPipeline:
-    """Chest X-ray classification; with a lung segmenter the image is first cropped to the lungs (plus margin)."""
+def input_crop(manifest):
+    """The input crop a classifier bundle was trained with (``manifest["input_crop"]``), or None."""
+    crop = manifest.get("input_crop")
+    if crop is None:
+        return None
+    if not isinstance(crop, dict) or crop.get("kind") != "lung_box":
+        raise BundleError(f"unknown input_crop {crop!r}; this lungedge knows only kind 'lung_box'")
+    return crop
 
-    def __init__(self, classifier, lung_segmenter=None, margin=0.05):
+
+class LungCrop:
+    """Crop an X-ray to its lungs: the lung segmenter's mask, its bounding box grown by ``margin`` per side.
+
+    The one implementation of the crop, used by training, distillation, calibration, the benchmark and
+    ``XrayPipeline``, so a classifier trained on lung crops sees the same crops at the bedside.
+    """
+
+    def __init__(self, segmenter, margin=0.05):
+        _require(segmenter, "the lung segmenter", "segmentation", "xray")
+        self.segmenter, self.margin = segmenter, float(margin)
+
+    @property
+    def spec(self):
+        """What to record in a bundle trained on these crops (``manifest["input_crop"]``)."""
+        seg = self.segmenter
+        return {"kind": "lung_box", "margin": self.margin, "segmenter": seg.name,
+                "segmenter_manifest_sha256": seg.bundle.manifest_sha256}
+
+    def check(self, crop):
+        """Raise BundleError unless this crop is the one ``crop`` (a manifest's input_crop) was trained with."""
+        if crop is None:
+            return
+        mine = self.spec
+        if crop.get("segmenter_manifest_sha256") != mine["segmenter_manifest_sha256"]:
+            raise BundleError(f"the classifier was trained on lung crops by segmenter {crop.get('segmenter')!r} "
+                              f"(manifest sha256 {str(crop.get('segmenter_manifest_sha256'))[:12]}...), but "
+                              f"{mine['segmenter']!r} ({mine['segmenter_manifest_sha256'][:12]}...) was given: "
+                              "use the same lung bundle")
+        if abs(float(crop.get("margin", 0.05)) - self.margin) > 1e-9:
+            raise BundleError(f"crop margin {self.margin} differs from the trained margin {crop.get('margin')}")
+
+    def __call__(self, array, meta, source=None):
+        """(cropped array, meta, lung info); the whole image when the segmenter finds no lung."""
+        source = source or array_source(array)
+        lung = self.segmenter.predict_image(array, meta, source)
+        box = bounding_box(lung["mask"], self.margin)
+        info = {"bundle": lung["bundle"], "areas": lung["areas"], "crop_box": list(box) if box else None,
+                "mask": lung["mask"]}
+        if box is None:
+            return array, meta, info
+        x0, y0, x1, y1 = box
+        crop = array[y0:y1, x0:x1] if array.ndim == 2 else array[..., y0:y1, x0:x1]
+        return np.ascontiguousarray(crop), dict(meta, shape=[y1 - y0, x1 - x0]), info
+
+
+class XrayPipeline:
+    """Chest X-ray classification; with a lung segmenter the image is first cropped to the lungs (plus margin).
+
+    A classifier trained on lung crops (its manifest's ``input_crop``) needs the very segmenter it was trained
+    with; without it, or with another, the pipeline refuses to start.
+    """
+
+    def __init__(self, classifier, lung_segmenter=None, margin=None):
         _require(classifier, "the classifier", "classification", "xray")
-        _require(lung_segmenter, "the lung segmenter", "segmentation", "xray")
+        crop = input_crop(classifier.manifest)
+        if crop is not None and lung_segmenter is None:
+            raise BundleError(f"{classifier.name!r} was trained on lung crops by segmenter {crop.get('segmenter')!r}: "
+                              "give that lung bundle (--lung-bundle)")
+        if margin is None:
+            margin = crop.get("margin", 0.05) if crop else 0.05
+        self.cropper = LungCrop(lung_segmenter, margin) if lung_segmenter is not None else None
+        if self.cropper is not None:
+            self.cropper.check(crop)
         self.classifier, self.lung_segmenter, self.margin = classifier, lung_segmenter, margin
 
     def predict(self, path_or_array, meta=None):
@@ -43,20 +110,15 @@ class XrayPipeline:
         return self.predict_image(array, meta, source)
 
     def predict_image(self, array, meta, source):
-        if self.lung_segmenter is None:
+        if self.cropper is None:
             return self.classifier.predict_image(array, meta, source)
-        lung = self.lung_segmenter.predict_image(array, meta, source)
-        box = bounding_box(lung["mask"], self.margin)
-        if box is None:
-            result = self.classifier.predict_image(array, meta, source)
+        crop, crop_meta, lung = self.cropper(array, meta, source)
+        result = self.classifier.predict_image(crop, crop_meta, source)
+        if lung["crop_box"] is None:
             result["warnings"] = ["lung segmenter found no lung; classified the whole image"]
         else:
-            x0, y0, x1, y1 = box
-            crop = array[y0:y1, x0:x1] if array.ndim == 2 else array[..., y0:y1, x0:x1]
-            result = self.classifier.predict_image(crop, dict(meta, shape=[y1 - y0, x1 - x0]), source)
             result["image"]["shape"] = meta.get("shape")
-        result.update(mask=lung["mask"], lung={"bundle": lung["bundle"], "areas": lung["areas"],
-                                               "crop_box": list(box) if box else None})
+        result.update(mask=lung.pop("mask"), lung=lung)
         return result
 
 

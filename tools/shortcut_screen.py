@@ -1,0 +1,92 @@
+"""Screen X-ray training recipes against the source shortcut (issue 9), cheaply, on the compact student.
+
+Each recipe trains ``--arch`` from scratch with ``lungedge train``'s code, then reports, on validation (where
+recipes are chosen) and test (reported, never used to choose): COVID AUC; AUC *within* the sources that hold
+several labels (ieee8023 covid vs rest, nih-chestxray14 pneumonia vs normal, kermany-pediatric pneumonia vs
+normal), which a source detector cannot fake; and at the validation threshold the COVID calls on NIH adult
+normals and the sensitivity on each COVID source.
+
+Usage: python tools/shortcut_screen.py --data ../shared/data/xray-cls --lung-bundle bundles/xray-lungs \
+           --out runs/screen [--arch student_m --size 128 --epochs 15]
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from lungedge.benchmarks import metrics as M
+from lungedge.models.data import load_split
+from lungedge.models.tasks import task
+from lungedge.models.train import TrainConfig, load_model, open_lung_crop, predict, train
+
+WITHIN = {"ieee8023": "covid", "nih-chestxray14": "pneumonia", "kermany-pediatric": "pneumonia"}
+RECIPES = {
+    "whole": {},
+    "whole-balanced-strong": {"balance": "source", "augment_level": "strong"},
+    "lungcrop": {"lung_bundle": True},
+    "lungcrop-balanced-strong": {"lung_bundle": True, "balance": "source", "augment_level": "strong"},
+}
+
+
+def shortcut_report(labels, probs, targets, sources, threshold):
+    """The numbers above for one split; ``threshold`` on P(covid), fitted on validation."""
+    pos = labels.index("covid")
+    y = (targets == pos).astype(int)
+    out = {"covid_auc": M.roc_auc(y, probs[:, pos]), "within_source_auc": {}}
+    sources = np.asarray(sources)
+    for src, label in WITHIN.items():
+        sel = sources == src
+        k = labels.index(label)
+        ys = (targets[sel] == k).astype(int)
+        if 0 < ys.sum() < ys.size:
+            out["within_source_auc"][f"{src}:{label}"] = M.roc_auc(ys, probs[sel, k])
+    out["within_source_auc_mean"] = float(np.mean(list(out["within_source_auc"].values())))
+    calls = probs[:, pos] >= threshold
+    nih_normal = (sources == "nih-chestxray14") & (targets == labels.index("normal"))
+    out["nih_normal_covid_call_rate"] = float(calls[nih_normal].mean()) if nih_normal.any() else None
+    for src in ("ieee8023", "hannover"):
+        sel = (sources == src) & (y == 1)
+        out[f"covid_sensitivity_{src}"] = float(calls[sel].mean()) if sel.any() else None
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--lung-bundle", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--arch", default="student_m")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--recipes", nargs="*", default=list(RECIPES))
+    a = p.parse_args(argv)
+    spec = task("xray-cls")
+    labels = list(spec.labels)
+    results = {}
+    for name in a.recipes:
+        opts = dict(RECIPES[name])
+        if opts.pop("lung_bundle", False):
+            opts["lung_bundle"] = a.lung_bundle
+        cfg = TrainConfig(task="xray-cls", data=a.data, arch=a.arch, size=a.size, epochs=a.epochs, patience=5,
+                          threads=a.threads, **opts)
+        run = os.path.join(a.out, name)
+        metrics = train(cfg, run, resume=True)
+        model, cfg = load_model(run)
+        crop = open_lung_crop(cfg, threads=a.threads)
+        row = {"config": dataclasses.asdict(cfg), "threshold": metrics["val"]["threshold"]}
+        for split in ("val", "test"):
+            ds = load_split(a.data, spec, split, cfg.size, crop=crop)
+            row[split] = shortcut_report(labels, predict(model, ds), ds.targets, ds.sources, row["threshold"])
+        results[name] = row
+        print(name, json.dumps({s: row[s] for s in ("val", "test")}, indent=1))
+        with open(os.path.join(a.out, "screen.json"), "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2, sort_keys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
