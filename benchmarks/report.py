@@ -166,6 +166,38 @@ def terminal_table(results):
     return "\n".join(out)
 
 
+def plain_verdicts(results):
+    """One plain sentence per variant: passed, or what failed, by how much, and what a user should do."""
+    lines = []
+    n = results["data"]["n_images"]
+    for row in results["rows"][1:]:
+        verdict = row.get("verdict")
+        if verdict == "PASS":
+            lines.append(f"{row['name']} passed: every checked accuracy change stays within its tolerance at 95 % "
+                         "confidence.")
+            continue
+        if verdict is None:
+            continue
+        failed = [(m, d) for m, d in (row.get("deltas") or {}).items()
+                  if d.get("tolerance") is not None and d.get("verdict") != "PASS"]
+        parts = []
+        for metric, d in failed:
+            if "error" in d:
+                parts.append(f"{metric} could not be computed ({d['error']})")
+                continue
+            worse = d["delta"] < -d["tolerance"]
+            parts.append(f"{metric} changed by {d['delta']:+.3f} (95 % interval {d['low']:+.3f} to {d['high']:+.3f}; "
+                         f"allowed drop {d['tolerance']})" + (": the compressed model is worse" if worse else
+                                                              ": the point estimate is within tolerance but "
+                                                              f"{n} test images cannot show it"))
+        advice = ("Do not deploy it as it is. With a small evaluation set, benchmark on more images (the full "
+                  "dev pack or your own films with --thresholds bundle); if the point estimate itself is outside "
+                  "the tolerance, compress with less pruning or keep FP32/FP16 (a recipe's gate backs off "
+                  "automatically on the full data).")
+        lines.append(f"{row['name']} FAILED its accuracy check: " + "; ".join(parts) + ". " + advice)
+    return lines
+
+
 def md_table(header, rows):
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(v).replace("|", "/") for v in r) + " |" for r in rows]

@@ -16,11 +16,16 @@ import json
 import os
 
 import numpy as np
+import torch
 
 from lungedge.benchmarks import metrics as M
+from lungedge.benchmarks.attention import attention_summary
 from lungedge.models.data import load_split
 from lungedge.models.tasks import task
 from lungedge.models.train import TrainConfig, load_model, open_lung_crop, predict, train
+from lungedge.runtime.io.image import read_image
+from lungedge.runtime.predictor import Predictor
+from lungedge.runtime.preprocess import letterbox
 
 WITHIN = {"ieee8023": "covid", "nih-chestxray14": "pneumonia", "kermany-pediatric": "pneumonia"}
 RECIPES = {
@@ -53,6 +58,34 @@ def shortcut_report(labels, probs, targets, sources, threshold):
     return out
 
 
+def lung_masks(ds, segmenter, crop, size):
+    """Lung mask of every image of ``ds`` in network space (the same letterbox as the preprocessing)."""
+    masks = []
+    for rec in ds.records:
+        array, meta = read_image(rec.image)
+        if crop is not None:
+            array, meta, _ = crop(array, meta, {"file": os.path.basename(rec.image)})
+        lung = segmenter.predict_image(array, meta, {"file": os.path.basename(rec.image)})["mask"]
+        net, _ = letterbox(lung.astype(np.float32), {}, size=(size, size))
+        masks.append(net >= 0.5)
+    return masks
+
+
+def attention(model, ds, masks, positive, limit=120):
+    """Occlusion importance on the lungs (``benchmarks.attention``) over the first ``limit`` positives and
+    ``limit`` negatives of ``ds``."""
+    def fn(batch):
+        with torch.no_grad():
+            return torch.softmax(model(torch.from_numpy(np.ascontiguousarray(batch))), 1).numpy()
+
+    pos_idx = [i for i, t in enumerate(ds.targets) if t == positive][:limit]
+    neg_idx = [i for i, t in enumerate(ds.targets) if t != positive][:limit]
+    out = {}
+    for name, idx in (("covid_films", pos_idx), ("other_films", neg_idx)):
+        out[name] = attention_summary(fn, [ds.images[i] for i in idx], [masks[i] for i in idx], positive, patch=16)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True)
@@ -63,6 +96,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--recipes", nargs="*", default=list(RECIPES))
+    p.add_argument("--report-only", action="store_true", help="do not train; report finished runs")
     a = p.parse_args(argv)
     spec = task("xray-cls")
     labels = list(spec.labels)
@@ -74,16 +108,24 @@ def main(argv=None):
         cfg = TrainConfig(task="xray-cls", data=a.data, arch=a.arch, size=a.size, epochs=a.epochs, patience=5,
                           threads=a.threads, **opts)
         run = os.path.join(a.out, name)
-        metrics = train(cfg, run, resume=True)
+        if a.report_only:
+            with open(os.path.join(run, "metrics.json"), encoding="utf-8") as fh:
+                metrics = json.load(fh)
+        else:
+            metrics = train(cfg, run, resume=True)
         model, cfg = load_model(run)
         crop = open_lung_crop(cfg, threads=a.threads)
         row = {"config": dataclasses.asdict(cfg), "threshold": metrics["val"]["threshold"]}
+        segmenter = Predictor.from_bundle(a.lung_bundle, threads=a.threads)
         for split in ("val", "test"):
             ds = load_split(a.data, spec, split, cfg.size, crop=crop)
             row[split] = shortcut_report(labels, predict(model, ds), ds.targets, ds.sources, row["threshold"])
+            row[split]["attention"] = attention(model, ds, lung_masks(ds, segmenter, crop, cfg.size),
+                                                labels.index("covid"))
         results[name] = row
         print(name, json.dumps({s: row[s] for s in ("val", "test")}, indent=1))
-        with open(os.path.join(a.out, "screen.json"), "w", encoding="utf-8") as fh:
+        with open(os.path.join(a.out, "screen-report.json" if a.report_only else "screen.json"), "w",
+                  encoding="utf-8") as fh:
             json.dump(results, fh, indent=2, sort_keys=True)
     return 0
 

@@ -35,3 +35,23 @@ def test_perfectly_calibrated_bins_have_zero_ece():
 def test_bad_inputs_are_typed_errors(y, p):
     with pytest.raises(MetricError):
         C.calibration_report(y, p)
+
+
+def test_occlusion_finds_what_the_model_reads():
+    """A model reading only the top-left quadrant gets all its importance there."""
+    from lungedge.benchmarks.attention import attention_summary, lung_share, occlusion_map
+
+    def predict(batch):
+        p = 1.0 / (1.0 + np.exp(-batch[:, 0, :16, :16].mean(axis=(1, 2))))
+        return np.stack([p, 1 - p], 1)
+
+    x = np.ones((1, 32, 32), np.float32)
+    x[0, 31, 31] = -1.0  # the padding value patches are filled with
+    imp = occlusion_map(predict, x, 0, patch=16)
+    assert imp.shape == (2, 2) and imp[0, 0] > 0 and np.allclose(imp.ravel()[1:], 0.0)
+    lungs = np.zeros((32, 32), bool)
+    lungs[:16, :16] = True
+    assert lung_share(imp, lungs, 16) == (1.0, 0.25)
+    assert lung_share(imp, ~lungs, 16) == (0.0, 0.75)
+    summary = attention_summary(predict, [x, x], [lungs, lungs], 0, patch=16)
+    assert summary["lung_share_of_importance"] == 1.0 and summary["n_images"] == 2
