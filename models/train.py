@@ -101,6 +101,8 @@ def seed_everything(seed):
 
 def class_weights(targets, n, sample_weights=None):
     """Inverse-frequency weights normalised to mean 1 (class-balanced loss), of the sampled label mix."""
+    if sample_weights is not None:  # expected counts per class of one epoch drawn with these weights
+        sample_weights = np.asarray(sample_weights, np.float64) * (len(targets) / np.sum(sample_weights))
     counts = np.bincount(targets, weights=sample_weights, minlength=n).astype(np.float64)
     w = counts.sum() / np.maximum(counts, 1) / n
     return torch.tensor(w / w.mean(), dtype=torch.float32)

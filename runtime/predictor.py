@@ -160,6 +160,11 @@ class Predictor:
 
     def predict(self, path_or_array, meta=None):
         """Predict one image (path or array); returns the result dict."""
+        crop = self.manifest.get("input_crop")
+        if crop:
+            raise BundleError(f"{self.name!r} was trained on lung crops by {crop.get('segmenter')!r}: predict through "
+                              "lungedge.runtime.pipelines.XrayPipeline with that lung bundle (lungedge infer "
+                              "--lung-bundle)")
         array, meta, source = load_input(path_or_array, meta)
         return self.predict_image(array, meta, source)
 

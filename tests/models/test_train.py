@@ -52,3 +52,61 @@ def test_config_rejects_unknown_keys():
 
     with pytest.raises(ValueError, match="unknown"):
         TrainConfig.from_dict({"task": "xray-cls", "data": ".", "lr_max": 1})
+
+
+def test_source_balanced_weights_shrink_the_big_cells():
+    import numpy as np
+
+    from lungedge.models.train import class_weights, source_balanced_weights
+
+    sources = ["nih"] * 90 + ["ieee"] * 10
+    targets = [1] * 90 + [0] * 10
+    w = source_balanced_weights(sources, targets)
+    assert np.isclose(w.sum(), 1.0)
+    # Cells get mass proportional to sqrt(count): 9.49 vs 3.16, i.e. 75 % vs 25 % (plain shuffling: 90 vs 10).
+    assert np.isclose(w[:90].sum(), 90 ** 0.5 / (90 ** 0.5 + 10 ** 0.5))
+    cw = class_weights(np.array(targets), 2, w)
+    assert np.isclose(cw[0] / cw[1], 3.0)  # the class weights follow the sampled mix, not the raw counts
+
+
+def test_augment_levels_keep_shapes_and_masks_aligned():
+    from lungedge.models.data import AUGMENT_LEVELS, augment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 1, 32, 32)
+    m = (torch.rand(4, 32, 32) > 0.5).to(torch.uint8)
+    for level in AUGMENT_LEVELS.values():
+        y, m2 = augment(x, m, generator=g, **level)
+        assert y.shape == x.shape and m2.shape == m.shape and torch.isfinite(y).all()
+        assert set(m2.unique().tolist()) <= {0, 1}
+
+
+def test_lung_crop_training_is_recorded_and_reaches_the_bundle(xray_cls_dir, tmp_path):
+    """Train on lung crops (tiny segmenter bundle), then export: the bundle names the crop and its segmenter."""
+    import sys
+
+    import pytest
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "runtime"))
+    from tinymodels import segmenter_model, write_bundle
+
+    from lungedge.compress.pipeline import export_baseline
+    from lungedge.runtime.bundle import Bundle
+    from lungedge.runtime.pipelines import input_crop
+
+    lungs = write_bundle(tmp_path / "lungs", segmenter_model(1), "segmentation", "xray", ["background", "lung"],
+                         {"mask": 0.5}, kind="probabilities")
+    out = str(tmp_path / "run")
+    cfg = TrainConfig(task="xray-cls", data=xray_cls_dir, arch="student_s", size=32, epochs=1, batch_size=64,
+                      threads=2, lung_bundle=lungs, lung_margin=0.1, balance="source", augment_level="strong")
+    train(cfg, out)
+    with open(os.path.join(out, "config.json")) as fh:
+        recorded = json.load(fh)
+    crop = recorded["input_crop"]
+    assert crop["kind"] == "lung_box" and crop["margin"] == 0.1
+    assert crop["segmenter_manifest_sha256"] == Bundle.load(lungs).manifest_sha256
+    bundle = export_baseline(out, str(tmp_path / "bundle"), threads=2)
+    assert input_crop(Bundle.load(bundle).manifest) == crop
+    with pytest.raises(ValueError, match="X-ray classification"):
+        train(TrainConfig(task="xray-seg", data=xray_cls_dir, arch="unet_student", lung_bundle=lungs),
+              str(tmp_path / "bad"))

@@ -165,3 +165,44 @@ def test_ct_study_refuses_xray_input(ct_cls_bundle, dicom_dir):
     pipeline = CtStudyPipeline(classifier=Predictor.from_bundle(ct_cls_bundle, threads=1))
     with pytest.raises(InputError, match="wrong modality"):
         pipeline.run(os.path.join(dicom_dir, "cxr_pa_cr_monochrome2.dcm"))
+
+
+def _crop_trained(xray_cls_bundle, lungs, margin=0.1):
+    """Mark the tiny classifier as trained on lung crops by ``lungs`` (what lungedge compress records)."""
+    from lungedge.runtime.bundle import Bundle, write_manifest
+    from lungedge.runtime.pipelines import LungCrop
+
+    manifest = dict(Bundle.load(xray_cls_bundle).manifest, input_crop=LungCrop(lungs, margin).spec)
+    write_manifest(xray_cls_bundle, manifest)
+    return Predictor.from_bundle(xray_cls_bundle, threads=1)
+
+
+def test_lung_crop_is_the_pipelines_crop(xray_lung_bundle):
+    from lungedge.runtime.pipelines import LungCrop
+
+    lungs = Predictor.from_bundle(xray_lung_bundle, threads=1)
+    crop, meta, info = LungCrop(lungs, 0.1)(square_image(box=(20, 32, 60, 92)), {"shape": [96, 128]})
+    assert info["crop_box"] == [26, 16, 98, 64] and crop.shape == (48, 72) and meta["shape"] == [48, 72]
+    spec = LungCrop(lungs, 0.1).spec
+    assert spec["kind"] == "lung_box" and len(spec["segmenter_manifest_sha256"]) == 64
+
+
+def test_crop_trained_classifier_needs_its_own_segmenter(xray_cls_bundle, xray_lung_bundle, tmp_path):
+    from tinymodels import segmenter_model, write_bundle
+
+    lungs = Predictor.from_bundle(xray_lung_bundle, threads=1)
+    classifier = _crop_trained(xray_cls_bundle, lungs)
+    with pytest.raises(BundleError, match="lung crops"):
+        XrayPipeline(classifier)
+    with pytest.raises(BundleError, match="lung crops"):
+        classifier.predict(square_image())
+    other = Predictor.from_bundle(write_bundle(tmp_path / "other-lungs", segmenter_model(1, cut=0.5), "segmentation",
+                                               "xray", ["background", "lung"], {"mask": 0.5},
+                                               kind="probabilities"), threads=1)
+    with pytest.raises(BundleError, match="same lung bundle"):
+        XrayPipeline(classifier, other)
+    with pytest.raises(BundleError, match="margin"):
+        XrayPipeline(classifier, lungs, margin=0.3)
+    pipeline = XrayPipeline(classifier, lungs)  # the trained margin is taken from the manifest
+    assert pipeline.margin == 0.1
+    assert pipeline.predict(square_image(box=(20, 32, 60, 92)))["lung"]["crop_box"] == [26, 16, 98, 64]
