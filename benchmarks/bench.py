@@ -457,6 +457,8 @@ def _score_classification(rows, runners, outputs, images, val, labels, positive,
                                                      ref_sens)
             row["per_image_val_probabilities"] = probs_v.tolist()
         row["per_image_probabilities"] = probs_t.tolist()
+        row["accuracy"]["test_ci"] = _test_cis(test_idx == pos, probs_t[:, pos], row["accuracy"]["threshold"],
+                                               groups, cfg)
         row["tolerances"], row["tolerance_source"] = A.tolerances_for(manifest if row["role"] == "variant" else None)
         scored[r.name] = {"probs": probs_t, "threshold": row["accuracy"]["threshold"]}
     ref = scored[runners[0].name]
@@ -467,6 +469,24 @@ def _score_classification(rows, runners, outputs, images, val, labels, positive,
                                                 cfg.n_boot, cfg.seed)
         row["verdict"] = A.overall_verdict(row["deltas"])
     rows[0]["fidelity"], rows[0]["deltas"], rows[0]["verdict"] = None, None, None
+
+
+def _test_cis(y, scores, threshold, groups, cfg):
+    """AUC, sensitivity and specificity of the positive label on the evaluated split with patient-bootstrap CIs."""
+    from lungedge.benchmarks import metrics as M
+    from lungedge.benchmarks import stats as S
+    from lungedge.benchmarks.subgroups import _strict_sensitivity, _strict_specificity
+
+    y = np.asarray(y).astype(int)
+    calls = (np.asarray(scores) >= threshold).astype(int)
+    out = {}
+    for name, fn, s in (("auc", M.roc_auc, scores), ("sensitivity", _strict_sensitivity, calls),
+                        ("specificity", _strict_specificity, calls)):
+        try:
+            out[name] = S.bootstrap_ci(fn, y, s, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed)
+        except M.MetricError as exc:
+            out[name] = {"error": str(exc)}
+    return out
 
 
 def _score_calibration(rows, runners, outputs, images, labels, positive, groups, cfg):
