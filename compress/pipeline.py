@@ -73,6 +73,11 @@ class Run:
     crop: object = None  # runtime.pipelines.LungCrop when the baseline was trained on lung crops
     decisions: list = dataclasses.field(default_factory=list)
 
+    @property
+    def steps(self):
+        """The student's preprocessing: the task's steps at its input size, with the baseline's options."""
+        return self.spec.steps(self.size, self.baseline_cfg.equalize)
+
     def record(self, stage, variant, setting, verdict, action):
         entry = {"stage": stage, "variant": variant, "setting": setting, "verdict": verdict.to_dict(),
                  "action": action}
@@ -116,14 +121,17 @@ def prepare(recipe, baseline_run_dir, data_dir, threads=None):
     spec = task(recipe.task)
     size, base_size = recipe.input_size or cfg.size, cfg.size
     crop = open_lung_crop(cfg, threads)  # the student sees the teacher's lung crops, as the runtime will
-    train_ds = load_split(data_dir, spec, "train", size, _bar("load train"), crop=crop)
-    val_ds = load_split(data_dir, spec, "val", size, _bar("load val"), crop=crop)
-    test_ds = load_split(data_dir, spec, "test", size, _bar("load test"), crop=crop)
+    steps, base_steps = spec.steps(size, cfg.equalize), spec.steps(base_size, cfg.equalize)
+    train_ds = load_split(data_dir, spec, "train", size, _bar("load train"), steps=steps, crop=crop)
+    val_ds = load_split(data_dir, spec, "val", size, _bar("load val"), steps=steps, crop=crop)
+    test_ds = load_split(data_dir, spec, "test", size, _bar("load test"), steps=steps, crop=crop)
     if size == base_size:
         base_val_ds, base_test_ds = val_ds, test_ds
     else:
-        base_val_ds = load_split(data_dir, spec, "val", base_size, _bar("load val (baseline size)"), crop=crop)
-        base_test_ds = load_split(data_dir, spec, "test", base_size, _bar("load test (baseline size)"), crop=crop)
+        base_val_ds = load_split(data_dir, spec, "val", base_size, _bar("load val (baseline size)"),
+                                 steps=base_steps, crop=crop)
+        base_test_ds = load_split(data_dir, spec, "test", base_size, _bar("load test (baseline size)"),
+                                  steps=base_steps, crop=crop)
     rule = recipe.gate.threshold_rule
     baseline_val = G.measure(spec, predict(baseline, base_val_ds), base_val_ds.targets, rule)
     baseline_test = evaluate(spec, predict(baseline, base_test_ds), base_test_ds.targets,
@@ -253,7 +261,7 @@ def calibration_reader(run, limit):
         records = [r for r in records if r.label in run.spec.labels]
     else:
         records = [r for r in records if r.mask]
-    return CalibrationReader(records, run.spec.steps(run.size), input_name=INPUT_NAME, batch_size=8,
+    return CalibrationReader(records, run.steps, input_name=INPUT_NAME, batch_size=8,
                              limit=limit, progress=True, crop=run.crop)
 
 
@@ -396,14 +404,14 @@ def write_golden(bundle_dir, fp32_path, images, measured, threads=None):
             "measured_onnxruntime": {p: float(v) for p, v in measured.items()}}
 
 
-def base_manifest(spec, size, name, description=""):
+def base_manifest(spec, size, name, description="", steps=None):
     """The data half of a manifest (everything but artifacts, golden, provenance, metrics)."""
     out_shape = [-1, len(spec.labels)] if spec.kind == "classification" else [-1, 1, size, size]
     manifest = {"schema_version": SCHEMA_VERSION, "name": name, "task": spec.kind, "modality": spec.modality,
                 "input": {"name": INPUT_NAME, "shape": [-1, 1, size, size], "dtype": "float32",
                           "value_range": [-2.0, 2.0]},
                 "output": {"name": OUTPUT_NAME, "kind": "logits", "shape": out_shape},
-                "preprocessing": spec.steps(size), "labels": list(spec.labels),
+                "preprocessing": steps or spec.steps(size), "labels": list(spec.labels),
                 "positive_label": spec.positive_label}
     if description:
         manifest["description"] = description
@@ -518,7 +526,7 @@ def _build_bundle(run, model, staging, work, distill_report, prune_report, basel
     if prune_report and prune_report["config"]["macs_ratio"] < 1.0:
         name += f"-p{int(round(prune_report['config']['macs_ratio'] * 100))}"
     name += "-int8" if any(a["precision"] == "int8" for a in artifacts.values()) else "-fp32"
-    manifest = base_manifest(spec, run.size, name, recipe.description)
+    manifest = base_manifest(spec, run.size, name, recipe.description, steps=run.steps)
     manifest.update(artifacts=artifacts, golden=golden, thresholds=thresholds)
     if run.crop is not None:
         manifest["input_crop"] = run.crop.spec

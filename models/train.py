@@ -46,6 +46,7 @@ class TrainConfig:
     balance: str = ""  # "" (shuffle) or "source": sample so no (source, label) cell dominates
     lung_bundle: str = ""  # X-ray segmentation bundle: classify lung crops (runtime.pipelines.LungCrop)
     lung_margin: float = 0.05
+    equalize: bool = False  # histogram-equalise X-rays before the letterbox (a recorded preprocessing step)
 
     @classmethod
     def from_dict(cls, d):
@@ -224,14 +225,15 @@ def train(cfg, out_dir, resume=False):
     os.makedirs(out_dir, exist_ok=True)
     crop = open_lung_crop(cfg, threads=cfg.threads or None)
     save_json(os.path.join(out_dir, "config.json"), {"config": dataclasses.asdict(cfg), "task": dataclasses.asdict(spec),
-                                                     "preprocessing": spec.steps(cfg.size),
+                                                     "preprocessing": spec.steps(cfg.size, cfg.equalize),
                                                      "input_crop": crop.spec if crop else None})
 
     def bar(desc):
         return lambda it: tqdm(it, desc=desc, leave=False, unit="img")
 
-    train_ds = load_split(cfg.data, spec, "train", cfg.size, bar("load train"), crop=crop)
-    val_ds = load_split(cfg.data, spec, "val", cfg.size, bar("load val"), crop=crop)
+    steps = spec.steps(cfg.size, cfg.equalize)
+    train_ds = load_split(cfg.data, spec, "train", cfg.size, bar("load train"), steps=steps, crop=crop)
+    val_ds = load_split(cfg.data, spec, "val", cfg.size, bar("load val"), steps=steps, crop=crop)
     gen = torch.Generator().manual_seed(cfg.seed)
     drop_last = len(train_ds) > cfg.batch_size
     sample_weights = None
@@ -287,8 +289,9 @@ def final_metrics(cfg, out_dir):
     spec = task(cfg.task)
     model, _ = load_model(out_dir)
     crop = open_lung_crop(cfg, threads=cfg.threads or None)
-    val_ds = load_split(cfg.data, spec, "val", cfg.size, crop=crop)
-    test_ds = load_split(cfg.data, spec, "test", cfg.size, crop=crop)
+    steps = spec.steps(cfg.size, cfg.equalize)
+    val_ds = load_split(cfg.data, spec, "val", cfg.size, steps=steps, crop=crop)
+    test_ds = load_split(cfg.data, spec, "test", cfg.size, steps=steps, crop=crop)
     val = evaluate(spec, predict(model, val_ds), val_ds.targets)
     test = evaluate(spec, predict(model, test_ds), test_ds.targets, threshold=val["threshold"])
     metrics = {"val": val, "test": test, "n_val": len(val_ds), "n_test": len(test_ds),
@@ -318,13 +321,14 @@ def main(argv=None):
     p.add_argument("--lung-bundle", default="", help="X-ray lung segmentation bundle: train on lung crops "
                    "(recorded in the run, then in every bundle built from it; inference needs the same bundle)")
     p.add_argument("--lung-margin", type=float, default=0.05, help="crop margin per side, fraction of the box")
+    p.add_argument("--equalize", action="store_true", help="histogram-equalise X-rays (recorded preprocessing step)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, metrics)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     a = p.parse_args(argv[1:] if argv and argv[0] == "train" else argv)
     cfg = TrainConfig(task=a.task, data=a.data, arch=a.arch, size=a.size, epochs=a.epochs, batch_size=a.batch_size,
                       lr=a.lr, patience=a.patience, seed=a.seed, threads=a.threads, augment=not a.no_augment,
                       augment_level=a.augment_level, balance=a.balance, lung_bundle=a.lung_bundle,
-                      lung_margin=a.lung_margin)
+                      lung_margin=a.lung_margin, equalize=a.equalize)
     metrics = train(cfg, a.out, resume=a.resume)
     print(json.dumps({"val": metrics["val"].get("score"), "test": {k: v for k, v in metrics["test"].items()
                                                                       if not isinstance(v, dict)}}, indent=2))

@@ -33,6 +33,8 @@ RECIPES = {
     "whole-balanced-strong": {"balance": "source", "augment_level": "strong"},
     "lungcrop": {"lung_bundle": True},
     "lungcrop-balanced-strong": {"lung_bundle": True, "balance": "source", "augment_level": "strong"},
+    "lungcrop-balanced-strong-equalize": {"lung_bundle": True, "balance": "source", "augment_level": "strong",
+                                          "equalize": True},
 }
 
 
