@@ -88,6 +88,38 @@ def attention(model, ds, masks, positive, limit=120):
     return out
 
 
+def _f(v, digits=3):
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def render_markdown(results, command):
+    """The comparison as Markdown (for BENCHMARKS.md): one row per recipe and split."""
+    within_keys = [f"{src}:{label}" for src, label in WITHIN.items()]
+    header = ["recipe", "split", "COVID AUC", "within ieee8023 (covid)", "within NIH (pneumonia vs normal)",
+              "within Kermany (pneumonia vs normal)", "mean within", "COVID calls on NIH normals",
+              "COVID sens ieee8023", "COVID sens hannover", "evidence on lungs (COVID films)", "lung area share"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in results.items():
+        for split in ("val", "test"):
+            r = row[split]
+            att = (r.get("attention") or {}).get("covid_films") or {}
+            cells = [f"{name} ({row['config']['epochs']} epochs)", split, _f(r["covid_auc"])] + [_f(r["within_source_auc"].get(k)) for k in within_keys]
+            cells += [_f(r["within_source_auc_mean"]), _f(r["nih_normal_covid_call_rate"]),
+                      _f(r["covid_sensitivity_ieee8023"], 2), _f(r["covid_sensitivity_hannover"], 2),
+                      _f(att.get("lung_share_of_importance"), 2), _f(att.get("lung_share_of_area"), 2)]
+            lines.append("| " + " | ".join(cells) + " |")
+    arch = next(iter(results.values()))["config"]
+    return "\n".join([
+        "## Shortcut screen: X-ray classification recipes on the compact student", "",
+        f"Each recipe trains `{arch['arch']}` at {arch['size']} px from scratch on the xray-cls train split; recipes "
+        "are compared on **validation** (test shown, never used to choose). *Within* AUCs are computed inside one "
+        "source that holds several labels, where recognising the source is worth nothing. COVID calls and "
+        "sensitivities are at the validation-fitted (Youden) threshold. Evidence on lungs: share of the positive "
+        "occlusion importance (16 px patches) on patches that are mostly lung (lung masks from the lung bundle), "
+        "beside the share of patches that are lung.", "",
+        "Reproduce with:", "", "```", command, "```", ""] + lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True)
@@ -99,10 +131,27 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--recipes", nargs="*", default=list(RECIPES))
     p.add_argument("--report-only", action="store_true", help="do not train; report finished runs")
+    p.add_argument("--markdown", help="write the Markdown comparison of OUT/screen-report.json (or screen.json) here")
     a = p.parse_args(argv)
+    if a.markdown:
+        path = os.path.join(a.out, "screen-report.json")
+        path = path if os.path.isfile(path) else os.path.join(a.out, "screen.json")
+        with open(path, encoding="utf-8") as fh:
+            results = json.load(fh)
+        command = (f"python tools/shortcut_screen.py --data {a.data} --lung-bundle {a.lung_bundle} --out {a.out} "
+                   f"--arch {a.arch} --size {a.size} --epochs {a.epochs} --threads {a.threads} --recipes "
+                   + " ".join(results) + "  # then --report-only, then --markdown")
+        os.makedirs(os.path.dirname(os.path.abspath(a.markdown)), exist_ok=True)
+        with open(a.markdown, "w", encoding="utf-8") as fh:
+            fh.write(render_markdown(results, command))
+        return 0
     spec = task("xray-cls")
     labels = list(spec.labels)
+    out_json = os.path.join(a.out, "screen-report.json" if a.report_only else "screen.json")
     results = {}
+    if os.path.isfile(out_json):  # keep the recipes of earlier invocations
+        with open(out_json, encoding="utf-8") as fh:
+            results = json.load(fh)
     for name in a.recipes:
         opts = dict(RECIPES[name])
         if opts.pop("lung_bundle", False):
@@ -126,8 +175,7 @@ def main(argv=None):
                                                 labels.index("covid"))
         results[name] = row
         print(name, json.dumps({s: row[s] for s in ("val", "test")}, indent=1))
-        with open(os.path.join(a.out, "screen-report.json" if a.report_only else "screen.json"), "w",
-                  encoding="utf-8") as fh:
+        with open(out_json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2, sort_keys=True)
     return 0
 
