@@ -10,6 +10,7 @@ element values) are kept out of the logs.
 import contextlib
 import logging
 import os
+import re
 import warnings
 
 import numpy as np
@@ -224,8 +225,25 @@ def _read_dataset(ds, name):
     meta = {"format": "dicom", "unit": unit, "intensity_max": intensity_max, "modality": modality,
             "pixel_spacing": _spacing(ds), "shape": [int(s) for s in out.shape], "frames": frames,
             "photometric": str(ds.get("PhotometricInterpretation", "")),
+            # For quality control: projection and body part (codes, not identifiers); the age as a number only.
+            "view_position": _code(ds.get("ViewPosition")), "body_part": _code(ds.get("BodyPartExamined")),
+            "patient_age_years": parse_age_years(ds.get("PatientAge")),
             "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))}
     return out, meta
+
+
+def _code(value):
+    """A short upper-case code string (ViewPosition, BodyPartExamined), or None when absent or empty."""
+    text = str(value or "").strip().upper()
+    return text[:64] or None
+
+
+def parse_age_years(text):
+    """DICOM PatientAge ("045Y", "003M", "010W", "005D") as years; None when absent or malformed."""
+    match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY])\s*", str(text or "").upper())
+    if not match:
+        return None
+    return int(match.group(1)) / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[match.group(2)]
 
 
 def _slice_key(ds, index):

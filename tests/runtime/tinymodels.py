@@ -62,8 +62,13 @@ def segmenter_model(channels=1, cut=0.0, with_sigmoid=True):
 
 
 def write_bundle(root, model, task, modality, labels, thresholds, positive_label=None, kind="logits",
-                 golden=None, steps=None):
-    """Write model.onnx and a schema-1 manifest into ``root``; returns ``root`` as str."""
+                 golden=None, steps=None, quality=None):
+    """Write model.onnx and a schema-1 manifest into ``root``; returns ``root`` as str.
+
+    Quality control is switched off unless ``quality`` is given: the phantoms here (two-level squares, uniform
+    noise) are the kind of image it refuses, and these bundles test the other mechanics; tests/runtime/
+    test_quality.py runs bundles with it on.
+    """
     import onnx
 
     root = str(root)
@@ -79,6 +84,7 @@ def write_bundle(root, model, task, modality, labels, thresholds, positive_label
         "artifacts": {"onnx-fp32": artifact_entry(root, "model.onnx", "onnx", "fp32", "onnxruntime")},
         "provenance": {"note": "tiny test model"},
     }
+    manifest["quality"] = {"enabled": False} if quality is None else quality
     if positive_label:
         manifest["positive_label"] = positive_label
     if golden is not None:
