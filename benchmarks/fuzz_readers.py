@@ -6,7 +6,8 @@ Seeds are small files of every format the runtime reads: synthetic PNG (8/16-bit
 float), BMP, DICOM (DX, CT, raw and JPEG-baseline pixels), NIfTI (.nii, .nii.gz), plus real dev-pack files when
 ``--data`` is given. Each input stacks one to three mutations (bit flips, byte and integer overwrites biased
 to the header, truncation, insertion, deletion, duplication, splicing with another seed, random bytes behind
-a magic number) and is saved under its seed's extension (sometimes another one, or none). It then goes
+a magic number; PNG chunk CRCs recomputed half of the time so that mutations pass libpng's CRC check and reach
+the decoder) and is saved under its seed's extension (sometimes another one, or none). It then goes
 through ``read_any`` and through the seed format's own reader, and a mutated CT slice sometimes travels as a
 two-file series folder. Outcomes: "ok", "typed" (a LungedgeError) or "untyped" (anything else: a bug; the
 input is saved for reproduction). Descriptor 2 is redirected for the whole run, so any byte a decoder prints
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
+import zlib
 
 import cv2
 import numpy as np
@@ -228,13 +230,33 @@ WEIGHTS = {"flip_bits": 4, "set_bytes": 3, "set_int": 4, "truncate": 2, "insert"
            "splice": 1, "magic_noise": 0.5}
 
 
+def fix_png_crcs(data):
+    """Recompute every PNG chunk CRC, so that a mutation reaches the decoder instead of libpng's CRC check."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return data
+    out, i = bytearray(data[:8]), 8
+    while i + 8 <= len(data):
+        length = int.from_bytes(data[i:i + 4], "big")
+        end = i + 8 + length
+        if end + 4 > len(data):
+            break
+        body = data[i + 4:end]
+        out += data[i:end] + zlib.crc32(body).to_bytes(4, "big")
+        i = end + 4
+    return bytes(out + data[i:])
+
+
 def mutate(rng, data, seeds):
-    """(mutated bytes, names of the mutations applied): one to three stacked mutations."""
+    """(mutated bytes, names of the mutations applied): one to three stacked mutations; PNG CRCs are
+    recomputed afterwards half of the time."""
     names = list(MUTATIONS)
     p = np.array([WEIGHTS[n] for n in names], float)
     applied = [names[int(i)] for i in rng.choice(len(names), size=int(rng.integers(1, 4)), p=p / p.sum())]
     for name in applied:
         data = MUTATIONS[name](rng, data, seeds)
+    if data.startswith(b"\x89PNG") and rng.random() < 0.5:
+        data = fix_png_crcs(data)
+        applied.append("fix_png_crcs")
     return data, applied
 
 

@@ -210,10 +210,12 @@ class Predictor:
         result has ``assessed`` False and no label. ``assessments`` (one per item) replace the header and pixel
         stages when a pipeline already ran them on the uncropped image; ``check_quality=False`` skips them.
         """
-        prepared = [self.prepare(a, m, s) for a, m, s in items]
         if assessments is None:
             assessments = [self.assess(a, m) if check_quality else Assessment() for a, m, _ in items]
         assessments = [a if a is not None else Assessment() for a in assessments]
+        # A refused image is not preprocessed either (a blank one would fail there with an InputError).
+        prepared = [self.prepare(a, m, s) if not q.refused else (None, None)
+                    for (a, m, s), q in zip(items, assessments)]
         run = [i for i, a in enumerate(assessments) if not a.refused]
         out, features = self.infer_with_features([prepared[i][0] for i in run]) if run else (None, None)
         rows = {i: k for k, i in enumerate(run)}

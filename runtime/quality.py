@@ -160,15 +160,20 @@ def header_findings(meta, spec, modality):
 # ------------------------------------------------------------------------------------------------ pixels
 
 def content_region(image):
-    """The image without constant border rows and columns (letterbox bars); (array, (y0, y1, x0, x1))."""
-    rows = np.ptp(image, axis=1) > 0
-    cols = np.ptp(image, axis=0) > 0
+    """The image without its letterbox bars: border rows and columns that are constant at the image's minimum
+    (black padding; a bright band is content, e.g. saturation). Returns (array, (y0, y1, x0, x1))."""
+    low = image.min()
+    rows = (np.ptp(image, axis=1) > 0) | (image[:, 0] != low)
+    cols = (np.ptp(image, axis=0) > 0) | (image[0, :] != low)
     if not rows.any() or not cols.any():
         return image, (0, image.shape[0], 0, image.shape[1])
     y = np.flatnonzero(rows)
     x = np.flatnonzero(cols)
     y0, y1, x0, x1 = int(y[0]), int(y[-1]) + 1, int(x[0]), int(x[-1]) + 1
-    return image[y0:y1, x0:x1], (y0, y1, x0, x1)
+    content = image[y0:y1, x0:x1]
+    if content.size and np.ptp(content) == 0:  # a flat object on a flat background: no bars, the whole image
+        return image, (0, image.shape[0], 0, image.shape[1])
+    return content, (y0, y1, x0, x1)
 
 
 def unit_scale(image, meta):
@@ -199,17 +204,18 @@ def pixel_scores(image, meta):
     cdf = np.cumsum(p)
     p1, p99 = np.searchsorted(cdf, 0.01) / 256.0, (np.searchsorted(cdf, 0.99) + 1) / 256.0
     nz = p[p > 0]
-    return {"std": float(u.std()),
+    return {"std": float(u.std(dtype=np.float64)),
             "saturated_fraction": float(np.mean(u >= 1.0 - CLIP_EPS)),
             "dark_fraction": float(np.mean(u <= CLIP_EPS)),
             "dynamic_range": float(p99 - p1),
-            "entropy_bits": float(-(nz * np.log2(nz)).sum()),
+            "entropy_bits": float(abs((nz * np.log2(nz)).sum())),
             "neighbour_correlation": _neighbour_correlation(u),
             "aspect_ratio": float(max(h, w) / max(1, min(h, w)))}
 
 
 def _neighbour_correlation(u):
     """Pearson correlation of horizontally and vertically adjacent pixels (0 for noise, ~1 for radiographs)."""
+    u = u.astype(np.float64)
     pairs = [(u[:, :-1], u[:, 1:]), (u[:-1, :], u[1:, :])]
     num = den_a = den_b = 0.0
     for a, b in pairs:
@@ -219,9 +225,9 @@ def _neighbour_correlation(u):
         num += float((da * db).sum())
         den_a += float((da * da).sum())
         den_b += float((db * db).sum())
-    if den_a <= 0 or den_b <= 0:
+    if den_a <= 1e-12 or den_b <= 1e-12:  # (near-)constant: no structure to correlate
         return 0.0
-    return num / np.sqrt(den_a * den_b)
+    return float(num / np.sqrt(den_a * den_b))
 
 
 def pixel_limits(spec, modality):
