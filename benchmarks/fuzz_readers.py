@@ -47,8 +47,9 @@ def _encode(ext, array, params=()):
     return buf.tobytes()
 
 
-def _dicom_bytes(modality, rows=64, cols=64, jpeg=False, seed=0):
-    """A small valid DICOM file written by pydicom (synthetic, no patient data)."""
+def _dicom_bytes(modality, rows=64, cols=64, jpeg=False, seed=0, pixels=None, view="PA"):
+    """A small valid DICOM file written by pydicom (synthetic, no patient data); ``pixels`` (8-bit, X-ray only)
+    replace the random ones."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
@@ -74,10 +75,14 @@ def _dicom_bytes(modality, rows=64, cols=64, jpeg=False, seed=0):
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelData = rng.integers(0, 2000, (rows, cols)).astype(np.int16).tobytes()
     else:
-        ds.ViewPosition, ds.BodyPartExamined = "PA", "CHEST"
+        ds.ViewPosition, ds.BodyPartExamined = view, "CHEST"
         ds.WindowCenter, ds.WindowWidth = 128, 256
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        pixels = rng.integers(0, 256, (rows, cols)).astype(np.uint8)
+        if pixels is None:
+            pixels = rng.integers(0, 256, (rows, cols)).astype(np.uint8)
+        else:
+            pixels = np.ascontiguousarray(pixels, np.uint8)
+            ds.Rows, ds.Columns = pixels.shape
         if jpeg:
             from pydicom.encaps import encapsulate
 

@@ -74,6 +74,8 @@ PIXEL_WORDS = {
     "neighbour_correlation": "correlation of neighbouring pixels",
     "aspect_ratio": "aspect ratio",
 }
+# Refuse a file whose pixels are in colour beyond this fraction (coloured burned-in marks stay far below it).
+MAX_COLOUR_FRACTION = 0.05
 # HU window mapped to 0..1 for the pixel statistics of CT in Hounsfield units.
 HU_WINDOW = (-1024.0, 1024.0)
 # Pixel statistics run on a copy whose longer side is at most this (strided, no interpolation).
@@ -281,7 +283,8 @@ class QualityControl:
     def thresholds(self):
         out = {"pixels": {k: dict(v) for k, v in self.limits.items()},
                "header": {"view": self.spec.get("view", "frontal") if self.modality == "xray" else "any",
-                          "min_age_years": self.spec.get("min_age_years")}}
+                          "min_age_years": self.spec.get("min_age_years")},
+               "colour": {"max_colour_fraction": self.spec.get("max_colour_fraction", MAX_COLOUR_FRACTION)}}
         return out
 
     def assess(self, array, meta):
@@ -297,6 +300,13 @@ class QualityControl:
             result.scores.update(scores)
             for finding in pixel_findings(scores, self.limits):
                 result.add(finding)
+        colour, limit = meta.get("colour_fraction"), self.spec.get("max_colour_fraction", MAX_COLOUR_FRACTION)
+        if colour is not None:
+            result.scores["colour_fraction"] = colour
+            if limit is not None and colour > limit:
+                result.add(Finding("pixels", "colour_image", "refuse",
+                                   f"a colour image ({colour:.3g} of its pixels in colour, above {limit:g}); "
+                                   "radiographs are grayscale", colour, limit))
         if meta.get("decoder_warning"):
             result.add(Finding("pixels", "decoder_warning", "warn",
                                f"the decoder reported damage: {meta['decoder_warning'][:120]}"))
@@ -307,7 +317,7 @@ def validate_quality_spec(spec, modality):
     """Raise BundleError naming the first problem in a manifest's ``quality`` block."""
     if not isinstance(spec, dict):
         raise BundleError("manifest quality must be an object")
-    unknown = set(spec) - {"enabled", "view", "min_age_years", "pixel", "ood", "area"}
+    unknown = set(spec) - {"enabled", "view", "min_age_years", "pixel", "ood", "area", "max_colour_fraction"}
     if unknown:
         raise BundleError(f"manifest quality has unknown keys {sorted(unknown)}")
     if spec.get("view", "frontal") not in ("frontal", "any"):

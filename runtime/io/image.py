@@ -88,6 +88,15 @@ def to_gray(array, name="image"):
     return array.astype(np.float32)
 
 
+def colour_fraction(raw, intensity_max, tolerance=0.1):
+    """Fraction of pixels whose colour channels differ by more than ``tolerance`` of the range (0 for a
+    grayscale film stored as RGB; large for a photograph)."""
+    step = max(1, int(np.ceil(max(raw.shape[:2]) / 256.0)))
+    bgr = raw[::step, ::step, :3].astype(np.float32)
+    spread = bgr.max(axis=2) - bgr.min(axis=2)
+    return float(np.mean(spread > tolerance * float(intensity_max)))
+
+
 def read_image(path):
     """Read a PNG/JPEG/TIFF file; returns (2-D float32 array, meta)."""
     with np.errstate(all="ignore"):  # overflow in a damaged file is caught by the finiteness checks instead
@@ -123,11 +132,12 @@ def _read_image(path):
     else:
         raise InputError(f"{name}: unsupported pixel type {raw.dtype}")
     was_rgb = raw.ndim == 3 and raw.shape[2] >= 3
+    colour = colour_fraction(raw, intensity_max) if was_rgb else 0.0
     gray = to_gray(raw, name)
     if not np.isfinite(gray).all():
         raise InputError(f"{name}: image contains NaN or infinite pixel values")
     meta = {"format": "image", "unit": "display", "intensity_max": intensity_max, "bits": raw.dtype.itemsize * 8,
-            "converted_from_rgb": bool(was_rgb), "modality": None, "pixel_spacing": None,
+            "converted_from_rgb": bool(was_rgb), "colour_fraction": colour, "modality": None, "pixel_spacing": None,
             "shape": [int(gray.shape[0]), int(gray.shape[1])]}
     if decoder.summary():  # decoded, but the decoder complained (e.g. a truncated JPEG, grey below the cut)
         meta["decoder_warning"] = decoder.summary()
