@@ -80,11 +80,11 @@ def test_saturated_fraction_is_measured_exactly():
 
 
 def test_dark_clipping_and_low_dynamic_range():
-    img = chest_like(160, 144)
-    img[:128] = 0  # 80% black: below the content crop only if it were a constant border; it is not (rows 0..127)
+    img = chest_like(120, 100)  # within STATS_SIDE: every pixel counts
+    img[:96] = 0  # 80% black, and not letterbox bars: row 0 is not constant
     img[0, 0] = 1
     a = _assess(img)
-    assert a.scores["dark_fraction"] == pytest.approx(128 * 144 / (160 * 144) - 1 / (160 * 144))
+    assert a.scores["dark_fraction"] == pytest.approx((96 * 100 - 1) / (120 * 100))
     assert "clipped_dark" in _reasons(a, "refuse")
     flat = (120 + chest_like() // 16).astype(np.uint8)  # 16 grey levels: little range, little entropy
     b = _assess(flat)
