@@ -80,9 +80,8 @@ MAX_COLOUR_FRACTION = 0.05
 HU_WINDOW = (-1024.0, 1024.0)
 # Pixel statistics run on a copy whose longer side is at most this (strided, no interpolation): the checks
 # look for gross faults, and their cost must stay small beside a compressed model's inference.
-STATS_SIDE = 128
-# Fractions within this distance of the range's ends count as saturated / clipped to black.
-CLIP_EPS = 1.0 / 512.0
+STATS_SIDE = 64
+# Saturated / clipped to black: the top / bottom 1/256 of the range (for 8-bit images exactly 255 / 0).
 
 
 @dataclass(frozen=True)
@@ -166,15 +165,13 @@ def content_region(image):
     """The image without its letterbox bars: border rows and columns that are constant at the image's minimum
     (black padding; a bright band is content, e.g. saturation). Returns (array, (y0, y1, x0, x1))."""
     low = image.min()
-    rows = (np.ptp(image, axis=1) > 0) | (image[:, 0] != low)
-    cols = (np.ptp(image, axis=0) > 0) | (image[0, :] != low)
-    if not rows.any() or not cols.any():
+    rows = np.flatnonzero(image.max(axis=1) > low)  # a row whose maximum is the minimum is all minimum
+    cols = np.flatnonzero(image.max(axis=0) > low)
+    if rows.size == 0:  # constant image
         return image, (0, image.shape[0], 0, image.shape[1])
-    y = np.flatnonzero(rows)
-    x = np.flatnonzero(cols)
-    y0, y1, x0, x1 = int(y[0]), int(y[-1]) + 1, int(x[0]), int(x[-1]) + 1
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     content = image[y0:y1, x0:x1]
-    if content.size and np.ptp(content) == 0:  # a flat object on a flat background: no bars, the whole image
+    if content.min() == content.max():  # a flat object on a flat background: no bars, the whole image
         return image, (0, image.shape[0], 0, image.shape[1])
     return content, (y0, y1, x0, x1)
 
@@ -201,15 +198,15 @@ def pixel_scores(image, meta):
     content, (y0, y1, x0, x1) = content_region(small)
     h, w = (y1 - y0) * step, (x1 - x0) * step
     u = unit_scale(content, meta)
-    levels = np.minimum((u * 256.0).astype(np.int32), 255)
+    levels = (u * np.float32(255.999)).astype(np.uint8)  # 256 bins over the range; bin 255 holds 1.0
     hist = np.bincount(levels.ravel(), minlength=256).astype(np.float64)
     p = hist / hist.sum()
     cdf = np.cumsum(p)
     p1, p99 = np.searchsorted(cdf, 0.01) / 256.0, (np.searchsorted(cdf, 0.99) + 1) / 256.0
     nz = p[p > 0]
     return {"std": float(u.std(dtype=np.float64)),
-            "saturated_fraction": float(np.mean(u >= 1.0 - CLIP_EPS)),
-            "dark_fraction": float(np.mean(u <= CLIP_EPS)),
+            "saturated_fraction": float(p[255]),
+            "dark_fraction": float(p[0]),
             "dynamic_range": float(p99 - p1),
             "entropy_bits": float(abs((nz * np.log2(nz)).sum())),
             "neighbour_correlation": _neighbour_correlation(u),

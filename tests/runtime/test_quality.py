@@ -70,8 +70,8 @@ def test_uniform_noise_has_no_spatial_structure():
 
 
 def test_saturated_fraction_is_measured_exactly():
-    img = chest_like(160, 144)
-    img[:96] = 255  # 96 of 160 rows: 60% saturated
+    img = chest_like(120, 100)  # statistics on every 2nd row and column (STATS_SIDE 64): 60 x 50 samples
+    img[:72] = 255  # 36 of the 60 sampled rows: 60% saturated
     a = _assess(img)
     assert a.scores["saturated_fraction"] == pytest.approx(0.6)
     sat = [f for f in a.findings if f.reason == "saturated"][0]
@@ -80,11 +80,11 @@ def test_saturated_fraction_is_measured_exactly():
 
 
 def test_dark_clipping_and_low_dynamic_range():
-    img = chest_like(120, 100)  # within STATS_SIDE: every pixel counts
-    img[:96] = 0  # 80% black, and not letterbox bars: row 0 is not constant
+    img = chest_like(60, 50)  # within STATS_SIDE: every pixel counts
+    img[:48] = 0  # 80% black, and not letterbox bars: row 0 is not constant
     img[0, 0] = 1
     a = _assess(img)
-    assert a.scores["dark_fraction"] == pytest.approx((96 * 100 - 1) / (120 * 100))
+    assert a.scores["dark_fraction"] == pytest.approx((48 * 50 - 1) / (60 * 50))
     assert "clipped_dark" in _reasons(a, "refuse")
     flat = (120 + chest_like() // 16).astype(np.uint8)  # 16 grey levels: little range, little entropy
     b = _assess(flat)
