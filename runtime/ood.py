@@ -89,6 +89,12 @@ class OodScorer:
         self.precision = np.asarray(precision, np.float64)
         if self.precision.shape != (self.means.shape[1],) * 2:
             raise BundleError(f"OOD statistics disagree: means {self.means.shape}, precision {self.precision.shape}")
+        # P = L L^T, so (f - mu)^T P (f - mu) = |L^T f - L^T mu|^2: one matrix-vector product per input.
+        try:
+            self.whiten = np.linalg.cholesky(self.precision)
+        except np.linalg.LinAlgError:
+            raise BundleError("OOD precision matrix is not positive definite; rebuild the bundle") from None
+        self.white_means = self.means @ self.whiten
 
     @classmethod
     def from_bundle(cls, bundle, artifact_key):
@@ -107,7 +113,9 @@ class OodScorer:
             raise BundleError(f"cannot read OOD statistics {entry['path']}: {exc}") from None
 
     def score(self, features, logits):
-        return {"mahalanobis": mahalanobis(features, self.means, self.precision), "energy": energy(logits)}
+        z = np.asarray(features, np.float64).reshape(len(features), -1) @ self.whiten
+        dist = ((z[:, None, :] - self.white_means[None]) ** 2).sum(axis=2).min(axis=1)
+        return {"mahalanobis": dist, "energy": energy(logits)}
 
     def findings(self, scores):
         """Refusals for the scores above their thresholds (one dict of floats for one input)."""

@@ -164,12 +164,13 @@ def header_findings(meta, spec, modality):
 def content_region(image):
     """The image without its letterbox bars: border rows and columns that are constant at the image's minimum
     (black padding; a bright band is content, e.g. saturation). Returns (array, (y0, y1, x0, x1))."""
+    row_max, col_max = image.max(axis=1), image.max(axis=0)
     low = image.min()
-    rows = np.flatnonzero(image.max(axis=1) > low)  # a row whose maximum is the minimum is all minimum
-    cols = np.flatnonzero(image.max(axis=0) > low)
-    if rows.size == 0:  # constant image
+    rows, cols = row_max > low, col_max > low  # a row whose maximum is the minimum is all minimum
+    if not rows.any():  # constant image
         return image, (0, image.shape[0], 0, image.shape[1])
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    y0, y1 = int(rows.argmax()), len(rows) - int(rows[::-1].argmax())
+    x0, x1 = int(cols.argmax()), len(cols) - int(cols[::-1].argmax())
     content = image[y0:y1, x0:x1]
     if content.min() == content.max():  # a flat object on a flat background: no bars, the whole image
         return image, (0, image.shape[0], 0, image.shape[1])

@@ -23,7 +23,7 @@ from lungedge.runtime.bundle import Bundle, artifact_entry, write_manifest
 from lungedge.runtime.errors import BundleError
 from lungedge.runtime.io import read_any
 from lungedge.runtime.io.dicom import parse_age_years
-from lungedge.runtime.ood import calibrate, energy, fit_gaussians, mahalanobis
+from lungedge.runtime.ood import OodScorer, calibrate, energy, fit_gaussians, mahalanobis
 from lungedge.runtime.pipelines import CtStudyPipeline, XrayPipeline
 from lungedge.runtime.predictor import Predictor
 from lungedge.runtime.quality import (
@@ -183,6 +183,8 @@ def test_gaussians_energy_and_calibration_are_exact():
     x = rng.normal(2, 1, (5, 3))
     want = [min(scipy_mahalanobis(v, m, precision) ** 2 for m in means) for v in x]
     assert np.allclose(mahalanobis(x, means, precision), want)
+    scorer = OodScorer({"feature_output": "f", "thresholds": {}}, means, precision)
+    assert np.allclose(scorer.score(x, np.zeros((5, 2)))["mahalanobis"], want)
     logits = rng.normal(0, 3, (7, 4))
     assert np.allclose(energy(logits), -logsumexp(logits, axis=1))
     scores = np.arange(100, dtype=float)
