@@ -182,8 +182,9 @@ class CtStudyPipeline:
             status = "accept"
         summary = (f"{len(refused)} of {len(rows)} slices refused (most often: {common})" if refused else "")
         return {"status": status, "slices_refused": len(refused), "slices": len(rows),
-                "refused_fraction": round(fraction, 6), "max_refused_fraction": MAX_REFUSED_SLICES,
-                "reasons": reasons, "summary": summary}
+                "reasons": [{"reason": k, "slices": v} for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])],
+                "scores": {"refused_fraction": round(fraction, 6)},
+                "thresholds": {"max_refused_fraction": MAX_REFUSED_SLICES}, "summary": summary}
 
     def _summarise(self, rows, source, volume_meta):
         quality = self._study_quality(rows)

@@ -30,7 +30,8 @@ CT study result (``schema`` "lungedge.study/1")::
     per_slice        [{"index", "covid_probability", "lesion_pixels", "lung_pixels", "lesion_mm2", "lung_mm2",
                        "quality", "quality_reason"}]  (refused slices count in no aggregate)
     assessed, quality  the study is not assessed when more than half its slices are refused;
-                       quality {"status", "slices_refused", "slices", "refused_fraction", "reasons", "summary"}
+                       quality {"status", "slices_refused", "slices", "reasons": [{"reason", "slices"}],
+                       "scores": {"refused_fraction"}, "thresholds": {"max_refused_fraction"}, "summary"}
 
 Masks (numpy arrays) stay out of the JSON; they appear in the overlay. Readers never copy patient identifiers
 into ``meta``, so nothing here can write them.

@@ -358,7 +358,9 @@ def test_ct_study_not_assessed_when_most_slices_refused(tmp_path):
     vol = np.concatenate([ct_phantom(slices=1), np.full((3, 96, 96), -1000.0, np.float32)])  # 3 of 4 blank
     study = CtStudyPipeline(lesion_segmenter=Predictor.from_bundle(root, threads=1)).run(vol, meta={"unit": "HU"})
     assert study["assessed"] is False and study["outcome"] == "not assessed"
-    assert study["quality"]["slices_refused"] == 3 and study["quality"]["refused_fraction"] == 0.75
+    q = study["quality"]
+    assert q["slices_refused"] == 3 and q["scores"]["refused_fraction"] == 0.75
+    assert q["thresholds"] == {"max_refused_fraction": 0.5} and q["reasons"][0]["slices"] == 3
     assert study.get("severity") is None and study["covid_probability"] is None
     assert [r["quality"] for r in study["per_slice"]][1:] == ["refuse"] * 3
 
