@@ -4,6 +4,7 @@
                    [--threads N] [--batch N] [--out DIR]
     lungedge bench scaling --bundles CT_SEG [CT_CLS] --data DIR [DIR ...] [--slices 10 50 100 300] [--out DIR]
     lungedge bench report RESULTS_DIR ... -o BENCHMARKS.md
+    lungedge bench qc --data ../shared/data [--xray-bundle B] [--ct-bundle B] [--out DIR]   (benchmarks.qc)
 
 The runtime's CLI hands ``argv`` (starting with "bench") to ``main``. Flags map onto ``bench.BenchConfig``.
 """
@@ -80,6 +81,10 @@ def main(argv=None):
         from lungedge.benchmarks.scaling import main as scaling_main
 
         return scaling_main(argv[1:])
+    if argv and argv[0] == "qc":
+        from lungedge.benchmarks.qc import main as qc_main
+
+        return qc_main(argv[1:])
     if argv and argv[0] == "report":
         from lungedge.benchmarks.make_benchmarks_md import main as report_main
 

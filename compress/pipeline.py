@@ -35,6 +35,7 @@ from lungedge.compress.distill import distill
 from lungedge.compress.errors import CompressError, GateFailed
 from lungedge.compress.export import INPUT_NAME, OUTPUT_NAME, export_onnx, verify_onnx
 from lungedge.compress.prune import count_macs, prune
+from lungedge.compress.quality import quality_calibration
 from lungedge.compress.recipe import QUANT_KEYS, Recipe, load_recipe
 from lungedge.models.data import load_split
 from lungedge.models.registry import build
@@ -229,7 +230,8 @@ def prune_stage(run, model):
 
 def export_stage(run, model, path):
     """FP32 ONNX of ``model`` verified against torch on real validation images; returns the verify report."""
-    export_onnx(model, path, (run.size, run.size), opset=run.recipe.export.opset)
+    export_onnx(model, path, (run.size, run.size), opset=run.recipe.export.opset,
+                features=run.spec.kind == "classification")
     images = run.val_ds.images[:run.recipe.export.verify_images]
     report = verify_onnx(model, path, images, "fp32")
     if not report["passed"]:
@@ -530,6 +532,7 @@ def _build_bundle(run, model, staging, work, distill_report, prune_report, basel
     manifest.update(artifacts=artifacts, golden=golden, thresholds=thresholds)
     if run.crop is not None:
         manifest["input_crop"] = run.crop.spec
+    manifest["quality"] = quality_calibration(run, staging, artifacts)
     base_onnx = os.path.join(work, "baseline.onnx")
     export_onnx(run.baseline, base_onnx, (run.base_size, run.base_size), opset=recipe.export.opset)
     example = torch.zeros(1, 1, run.size, run.size)

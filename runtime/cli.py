@@ -1,7 +1,8 @@
 """The ``lungedge`` command. ``infer`` and ``selftest`` live here; the torch-side commands live elsewhere.
 
 Exit status: 0 success; 1 some input failed (infer) or the self-test failed; 2 nothing could run (bad bundle,
-missing backend, missing extra, usage error).
+missing backend, missing extra, usage error). An input refused by quality control is "not assessed": an outcome,
+counted apart from errors, not a failure.
 """
 
 import argparse
@@ -171,7 +172,7 @@ def cmd_infer(args):
         return 2
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-    rows, failures = [], []
+    rows, failures, not_assessed = [], [], []
     items = list(zip(args.inputs, _stems(args.inputs)))
     for path, stem in tqdm(items, unit="input", file=sys.stderr, disable=len(items) < 2):
         name = _label(path)
@@ -185,6 +186,8 @@ def cmd_infer(args):
             rows.append(report.summary_row(name, error=message))
             continue
         rows.append(report.summary_row(name, result))
+        if result.get("assessed") is False:
+            not_assessed.append(f"{name}: {result.get('reason', '')}")
         if args.out:
             report.write_json(result, os.path.join(args.out, stem + ".json"))
             if image is not None:
@@ -193,6 +196,14 @@ def cmd_infer(args):
             print(json.dumps(report.jsonable(result), sort_keys=True))
     if args.out:
         report.write_csv(rows, os.path.join(args.out, "summary.csv"))
+    if len(items) > 1 or failures or not_assessed:
+        print(f"{len(items) - len(failures) - len(not_assessed)} assessed, {len(not_assessed)} not assessed, "
+              f"{len(failures)} errors", file=sys.stderr)
+    if not_assessed:
+        print(f"{len(not_assessed)} of {len(items)} inputs not assessed (refused by quality control; no label "
+              "was given):", file=sys.stderr)
+        for message in not_assessed:
+            print(f"  {message}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} of {len(items)} inputs failed:", file=sys.stderr)
         for message in failures:

@@ -7,9 +7,14 @@ import numpy as np
 from lungedge.runtime.errors import BundleError, InputError
 from lungedge.runtime.io import iter_slices
 from lungedge.runtime.predictor import array_meta, array_source, load_input
+from lungedge.runtime.quality import NOT_ASSESSED
 from lungedge.runtime.study import aggregate_study, lesion_ratio, lung_mask_from_hu, severity_grade
 
 STUDY_SCHEMA = "lungedge.study/1"
+STATUS_ORDER = ("accept", "warn", "refuse")
+# A study with more than this fraction of refused slices is not assessed (a few refused slices, e.g. above
+# the lungs, only drop out of the aggregate).
+MAX_REFUSED_SLICES = 0.5
 
 
 def _require(predictor, role, task, modality):
@@ -70,10 +75,19 @@ class LungCrop:
         if abs(float(crop.get("margin", 0.05)) - self.margin) > 1e-9:
             raise BundleError(f"crop margin {self.margin} differs from the trained margin {crop.get('margin')}")
 
-    def __call__(self, array, meta, source=None):
-        """(cropped array, meta, lung info); the whole image when the segmenter finds no lung."""
+    def __call__(self, array, meta, source=None, assessment=None):
+        """(cropped array, meta, lung info); the whole image when the segmenter finds no lung.
+
+        assessment: the input's quality assessment, which the segmenter's area checks extend (the runtime);
+        None runs the segmenter without quality checks (training and calibration images).
+        """
         source = source or array_source(array)
-        lung = self.segmenter.predict_image(array, meta, source)
+        if assessment is None:
+            lung = self.segmenter.predict_images([(array, meta, source)], check_quality=False)[0]
+        else:
+            lung = self.segmenter.predict_images([(array, meta, source)], assessments=[assessment])[0]
+        if lung.get("mask") is None:  # refused by a quality stage: nothing to crop by
+            return array, meta, {"bundle": lung["bundle"], "areas": None, "crop_box": None, "mask": None}
         box = bounding_box(lung["mask"], self.margin)
         info = {"bundle": lung["bundle"], "areas": lung["areas"], "crop_box": list(box) if box else None,
                 "mask": lung["mask"]}
@@ -110,10 +124,14 @@ class XrayPipeline:
         return self.predict_image(array, meta, source)
 
     def predict_image(self, array, meta, source):
-        if self.cropper is None:
-            return self.classifier.predict_image(array, meta, source)
-        crop, crop_meta, lung = self.cropper(array, meta, source)
-        result = self.classifier.predict_image(crop, crop_meta, source)
+        """Quality stages on the whole image first; a refused image reaches neither the segmenter nor the classifier."""
+        assessment = self.classifier.assess(array, meta)
+        if self.cropper is None or assessment.refused:
+            return self.classifier.predict_images([(array, meta, source)], assessments=[assessment])[0]
+        # The segmenter adds its plausible-area warnings to the same assessment; the classifier then adds its
+        # OOD scores on the crop (the header and pixel stages are not rerun on the crop).
+        crop, crop_meta, lung = self.cropper(array, meta, source, assessment=assessment)
+        result = self.classifier.predict_images([(crop, crop_meta, source)], assessments=[assessment])[0]
         if lung["crop_box"] is None:
             result["warnings"] = ["lung segmenter found no lung; classified the whole image"]
         else:
@@ -181,14 +199,23 @@ class CtStudyPipeline:
         return self._summarise(rows, source, volume_meta)
 
     def _score_batch(self, batch, first_index):
-        probs = [None] * len(batch)
-        if self.classifier is not None:
-            pos = self.classifier.positive_label
-            probs = [r["probabilities"][pos] for r in self.classifier.predict_images(batch)]
+        cls = self.classifier.predict_images(batch) if self.classifier is not None else [None] * len(batch)
         lesions = self.lesion_segmenter.predict_images(batch) if self.lesion_segmenter else [None] * len(batch)
-        lungs = self.lung_segmenter.predict_images(batch) if self.lung_segmenter else [None] * len(batch)
+        lungs = (self.lung_segmenter.predict_images(batch, check_quality=False) if self.lung_segmenter
+                 else [None] * len(batch))
         rows = []
-        for i, ((array, meta, _), p, lesion, lung) in enumerate(zip(batch, probs, lesions, lungs)):
+        for i, ((array, meta, _), c, lesion, lung) in enumerate(zip(batch, cls, lesions, lungs)):
+            checked = [r for r in (c, lesion) if r is not None]
+            refused = [r for r in checked if not r["assessed"]]
+            worst = max((STATUS_ORDER.index(r["quality"]["status"]) for r in checked), default=0)
+            row = {"index": first_index + i, "quality": STATUS_ORDER[worst],
+                   "quality_reason": "; ".join(r["reason"] for r in refused) or None}
+            if refused:  # a slice refused by either model counts for neither
+                row.update(covid_probability=None, lesion_pixels=None, lung_pixels=None, lung_area_source=None,
+                           lesion_mm2=None, lung_mm2=None)
+                rows.append(row)
+                continue
+            p = c["probabilities"][self.classifier.positive_label] if c is not None else None
             lesion_mask = lesion["mask"] > 0 if lesion is not None else None
             if lung is not None:
                 lung_mask, source = lung["mask"] > 0, "segmenter"
@@ -202,31 +229,58 @@ class CtStudyPipeline:
             pixel_mm2 = float(spacing[0]) * float(spacing[1]) if spacing else None
             lesion_px = int(lesion_mask.sum()) if lesion_mask is not None else None
             lung_px = int(lung_mask.sum()) if lung_mask is not None else None
-            rows.append({"index": first_index + i, "covid_probability": p, "lesion_pixels": lesion_px,
-                         "lung_pixels": lung_px, "lung_area_source": source,
-                         "lesion_mm2": lesion_px * pixel_mm2 if pixel_mm2 and lesion_px is not None else None,
-                         "lung_mm2": lung_px * pixel_mm2 if pixel_mm2 and lung_px is not None else None})
+            row.update({"covid_probability": p, "lesion_pixels": lesion_px,
+                        "lung_pixels": lung_px, "lung_area_source": source,
+                        "lesion_mm2": lesion_px * pixel_mm2 if pixel_mm2 and lesion_px is not None else None,
+                        "lung_mm2": lung_px * pixel_mm2 if pixel_mm2 and lung_px is not None else None})
+            rows.append(row)
         return rows
 
+    def _study_quality(self, rows):
+        """Study-level quality: refused when more than ``MAX_REFUSED_SLICES`` of its slices were refused."""
+        refused = [r for r in rows if r["quality"] == "refuse"]
+        fraction = len(refused) / float(len(rows))
+        reasons = {}
+        for r in refused:
+            reasons[r["quality_reason"]] = reasons.get(r["quality_reason"], 0) + 1
+        common = max(reasons, key=reasons.get) if reasons else None
+        if fraction > MAX_REFUSED_SLICES:
+            status = "refuse"
+        elif refused or any(r["quality"] == "warn" for r in rows):
+            status = "warn"
+        else:
+            status = "accept"
+        summary = (f"{len(refused)} of {len(rows)} slices refused (most often: {common})" if refused else "")
+        return {"status": status, "slices_refused": len(refused), "slices": len(rows),
+                "reasons": [{"reason": k, "slices": v} for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])],
+                "scores": {"refused_fraction": round(fraction, 6)},
+                "thresholds": {"max_refused_fraction": MAX_REFUSED_SLICES}, "summary": summary}
+
     def _summarise(self, rows, source, volume_meta):
+        quality = self._study_quality(rows)
         result = {"schema": STUDY_SCHEMA, "input": source, "task": "ct-study", "slices": len(rows),
                   "bundles": {role: p.info for role, p in (("classifier", self.classifier),
                                                            ("lesion_segmenter", self.lesion_segmenter),
                                                            ("lung_segmenter", self.lung_segmenter)) if p},
                   "volume": {k: volume_meta.get(k) for k in ("format", "unit", "pixel_spacing", "slice_spacing")},
                   "rule": dict(self.rule_params, name=self.rule), "covid_probability": None, "positive": None,
-                  "threshold": self.study_threshold}
+                  "threshold": self.study_threshold, "quality": quality,
+                  "assessed": quality["status"] != "refuse"}
         result["volume"]["slices"] = len(rows)
+        used = [r for r in rows if r["quality"] != "refuse"]
+        if not result["assessed"]:
+            result.update(outcome=NOT_ASSESSED, reason=quality["summary"], per_slice=rows)
+            return result
         if self.classifier is not None:
-            score = aggregate_study([r["covid_probability"] for r in rows], self.rule, **self.rule_params)
+            score = aggregate_study([r["covid_probability"] for r in used], self.rule, **self.rule_params)
             result.update(covid_probability=score, positive_label=self.classifier.positive_label)
             if self.study_threshold is not None:
                 result["positive"] = score >= self.study_threshold
         if self.lesion_segmenter is not None:
-            lesion = sum(r["lesion_pixels"] for r in rows)
-            lung = sum(r["lung_pixels"] for r in rows) if rows[0]["lung_pixels"] is not None else None
+            lesion = sum(r["lesion_pixels"] for r in used)
+            lung = sum(r["lung_pixels"] for r in used) if used[0]["lung_pixels"] is not None else None
             ratio = lesion_ratio(lesion, lung)
-            result.update(lesion_pixels=lesion, lung_pixels=lung, lung_area_source=rows[0]["lung_area_source"],
+            result.update(lesion_pixels=lesion, lung_pixels=lung, lung_area_source=used[0]["lung_area_source"],
                           lesion_ratio=ratio, severity=severity_grade(ratio) if lung else None)
             voxel_ml = self._voxel_ml(volume_meta)
             result["lesion_volume_ml"] = lesion * voxel_ml if voxel_ml else None

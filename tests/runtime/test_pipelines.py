@@ -27,8 +27,9 @@ def test_xray_pipeline_crops_to_the_lungs(xray_cls_bundle, xray_lung_bundle, mon
     classifier = Predictor.from_bundle(xray_cls_bundle, threads=1)
     lungs = Predictor.from_bundle(xray_lung_bundle, threads=1)
     seen = []
-    real = classifier.predict_image
-    monkeypatch.setattr(classifier, "predict_image", lambda a, m, s: seen.append(a.shape) or real(a, m, s))
+    real = classifier.predict_images
+    monkeypatch.setattr(classifier, "predict_images",
+                        lambda items, **kw: seen.extend(a.shape for a, _, _ in items) or real(items, **kw))
     result = XrayPipeline(classifier, lungs, margin=0.1).predict(square_image(box=(20, 32, 60, 92)))
     assert result["lung"]["crop_box"] == [26, 16, 98, 64]
     assert seen == [(48, 72)]
@@ -39,13 +40,14 @@ def test_xray_pipeline_crops_to_the_lungs(xray_cls_bundle, xray_lung_bundle, mon
 def test_xray_pipeline_without_lungs_found(xray_cls_bundle, xray_lung_bundle, monkeypatch):
     classifier = Predictor.from_bundle(xray_cls_bundle, threads=1)
     lungs = Predictor.from_bundle(xray_lung_bundle, threads=1)
-    real = lungs.predict_image
+    real = lungs.predict_images
 
-    def no_lungs(array, meta, source):
-        result = real(array, meta, source)
-        result["mask"] = np.zeros_like(result["mask"])
-        return result
-    monkeypatch.setattr(lungs, "predict_image", no_lungs)
+    def no_lungs(items, **kw):
+        results = real(items, **kw)
+        for result in results:
+            result["mask"] = np.zeros_like(result["mask"])
+        return results
+    monkeypatch.setattr(lungs, "predict_images", no_lungs)
     image = square_image()
     result = XrayPipeline(classifier, lungs).predict(image)
     assert result["lung"]["crop_box"] is None and "no lung" in result["warnings"][0]
