@@ -235,6 +235,11 @@ def _series_headers(folder):
     return [headers[i] for i in order]
 
 
+def series_files(folder):
+    """Paths of the CT slices in ``folder`` in patient order: the order ``iter_dicom_series`` yields them."""
+    return [path for path, _ in _series_headers(folder)]
+
+
 def _slice_spacing(headers):
     keys = [_slice_key(ds, i) for i, (_, ds) in enumerate(headers)]
     if len(keys) > 1 and all(k[0] == 0 for k in keys):
