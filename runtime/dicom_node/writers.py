@@ -23,7 +23,7 @@ MANUFACTURER = "lungedge"
 LOCAL_SCHEME = "99LUNGEDGE"
 # Finding codes for the labels the bundles use; any other label gets a local code.
 LABEL_CODES = {
-    "covid": ("840539006", "SCT", "Disease caused by severe acute respiratory syndrome coronavirus 2"),
+    "covid": ("840539006", "SCT", "COVID-19"),  # SNOMED CT synonym of its 66-character FSN
     "pneumonia": ("233604007", "SCT", "Pneumonia"),
     "normal": ("17621005", "SCT", "Normal"),
     "lung": ("39607008", "SCT", "Lung structure"),
