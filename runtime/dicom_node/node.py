@@ -68,6 +68,7 @@ class DicomNode:
     def stop(self):
         self._stop.set()
         self._work.set()
+        self._forward_event.set()
         if self.scp is not None:
             self.scp.stop()
         for thread in self._threads:

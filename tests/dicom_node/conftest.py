@@ -38,10 +38,11 @@ def new_uid():
     return generate_uid()
 
 
-def cr_instance(source, path, small=False, study_uid=None, series_uid=None):
+def cr_instance(source, path, small=False, study_uid=None, series_uid=None, uncompressed=False):
     """The dev pack's chest CR re-tagged as CR Image Storage (it ships as Secondary Capture) with new UIDs.
 
-    ``small``: a 128x128 uncompressed crop (fast for the fault tests); else the 1024x1024 JPEG baseline file.
+    ``small``: a 128x128 uncompressed crop (fast for the fault tests); else the 1024x1024 JPEG baseline file,
+    decoded to explicit VR little endian with ``uncompressed``.
     """
     import pydicom
 
@@ -51,8 +52,8 @@ def cr_instance(source, path, small=False, study_uid=None, series_uid=None):
     ds.SeriesInstanceUID = series_uid or new_uid()
     if study_uid:
         ds.StudyInstanceUID = study_uid
-    if small:
-        pixels = np.ascontiguousarray(ds.pixel_array[384:640:2, 384:640:2])
+    if small or uncompressed:
+        pixels = np.ascontiguousarray(ds.pixel_array[384:640:2, 384:640:2] if small else ds.pixel_array)
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         ds.Rows, ds.Columns = pixels.shape
         ds.PixelData = pixels.tobytes()
