@@ -11,11 +11,6 @@ import logging
 
 log = logging.getLogger("lungedge.dicom_node")
 
-RESULT_SOP_CLASSES = (
-    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
-    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
-    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
-)
 RESULT_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
@@ -34,13 +29,23 @@ class Forwarder:
         self.destinations = {d.name: d for d in config.destinations}
         self.delay = backoff(config.retry_base_seconds, config.retry_max_seconds)
 
-    def _ae(self):
+    def _ae(self, paths):
+        """An AE proposing each file's SOP class (SR, SEG, SC...) in the syntaxes the files are written in."""
+        import pydicom
         from pynetdicom import AE
 
         ae = AE(ae_title=self.config.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        for uid in RESULT_SOP_CLASSES:
-            ae.add_requested_context(uid, list(RESULT_SYNTAXES))
+        classes = {}
+        for path in paths:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # unreadable result file: send_c_store reports it below
+                continue
+            syntax = str(ds.file_meta.TransferSyntaxUID)
+            classes.setdefault(str(ds.SOPClassUID), {syntax, *RESULT_SYNTAXES})
+        for uid, syntaxes in sorted(classes.items())[:128]:
+            ae.add_requested_context(uid, sorted(syntaxes))
         return ae
 
     def run_once(self):
@@ -54,7 +59,7 @@ class Forwarder:
         return sent
 
     def _send(self, dest, rows):
-        ae = self._ae()
+        ae = self._ae([path for _, path in rows])
         try:
             assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         except OSError as exc:
@@ -67,7 +72,14 @@ class Forwarder:
         sent = 0
         try:
             for index, (row_id, path) in enumerate(rows):
-                status = assoc.send_c_store(path)
+                try:
+                    status = assoc.send_c_store(path)
+                except Exception as exc:  # unreadable file, or the peer accepted no context for its SOP class
+                    dead = self.store.rejected(row_id, self.config.max_rejections, self.delay,
+                                               f"cannot send ({type(exc).__name__}: {exc})")
+                    log.warning("could not send a result to %s (%s)%s", dest.name, type(exc).__name__,
+                                "; moved to dead-letter" if dead else "; will retry")
+                    continue
                 if not status or "Status" not in status:  # the association broke mid-way
                     self.store.postpone([r for r, _ in rows[index:]], self.delay, "association lost")
                     log.warning("lost the association to %s; %d results wait", dest.name, len(rows) - index)
