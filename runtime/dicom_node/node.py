@@ -7,6 +7,7 @@ at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -103,12 +104,12 @@ class DicomNode:
         row = self.store.next_xray()
         if row is not None:
             sop, path = row
-            self._run([sop], lambda: self.processor.run_xray(path), "X-ray instance")
+            self._run([sop], functools.partial(self.processor.run_xray, path), "X-ray instance")
             return True
         for series in self.store.settled_series(self.config.ct_settle_seconds):
             rows = self.store.series_instances(series)
             if rows:
-                self._run([s for s, _ in rows], lambda: self.processor.run_ct([p for _, p in rows]),
+                self._run([s for s, _ in rows], functools.partial(self.processor.run_ct, [p for _, p in rows]),
                           f"CT series of {len(rows)} instances")
                 return True
         return False

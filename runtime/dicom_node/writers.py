@@ -237,7 +237,7 @@ def write_sr(sources, groups, modality, series_uid, key, model):
 def write_seg(sources, masks, labels, series_uid, key, model):
     """A binary SEG, one segment per label, ``masks`` (frames, H, W, segments) on the grid of ``sources``."""
     from highdicom import AlgorithmIdentificationSequence
-    from highdicom.seg import Segmentation, SegmentAlgorithmTypeValues, SegmentDescription
+    from highdicom.seg import SegmentAlgorithmTypeValues, Segmentation, SegmentDescription
     from pydicom.sr.codedict import codes
 
     algorithm = AlgorithmIdentificationSequence(name=model.bundle[:64], family=codes.cid7162.ArtificialIntelligence,
