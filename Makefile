@@ -20,7 +20,7 @@ demo: setup
 
 # Debian tools the tests use, installed when missing and apt is usable: shellcheck lints jetson/*.sh; dcmtk
 # (storescu/echoscu, the sending cart), orthanc (the receiving PACS) and dicom3tools (dciodvfy) test the DICOM node.
-TOOLS := shellcheck:shellcheck storescu:dcmtk echoscu:dcmtk Orthanc:orthanc dciodvfy:dicom3tools
+TOOLS := shellcheck:shellcheck storescu:dcmtk echoscu:dcmtk Orthanc:orthanc dciodvfy:dicom3tools openssl:openssl
 tools:
 	@missing=""; for t in $(TOOLS); do command -v "$${t%%:*}" >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \

@@ -270,3 +270,31 @@ def test_results_wait_while_the_pacs_is_down_and_go_out_when_it_returns(tmp_path
     finally:
         pacs.stop()
     assert node.store.counts()["sent"] == 3 and os.listdir(node.store.dead) == []
+
+
+def test_tls_only_a_tls_peer_gets_in(tmp_path, start_node):
+    import ssl
+
+    from pynetdicom import AE
+
+    openssl = require_tool("openssl")
+    cert, key = str(tmp_path / "node.crt"), str(tmp_path / "node.key")
+    made = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                           "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    node = start_node(tls_cert=cert, tls_key=key)
+    port = node.address[1]
+    plain = subprocess.run([require_tool("echoscu"), "-to", "5", "-aet", CART, "-aec", NODE, "127.0.0.1", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    assert plain.returncode != 0  # no TLS, no association
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cert)
+    ae = AE(ae_title=CART)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE, tls_args=(context, "127.0.0.1"))
+    try:
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+        ae.shutdown()
