@@ -27,7 +27,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     sop_uid TEXT PRIMARY KEY, path TEXT NOT NULL, modality TEXT NOT NULL, series_uid TEXT NOT NULL,
     received REAL NOT NULL, state TEXT NOT NULL DEFAULT 'received', processed INTEGER NOT NULL DEFAULT 0,
-    result TEXT);
+    result TEXT, processed_at REAL);
 CREATE INDEX IF NOT EXISTS instances_state ON instances (state, modality, series_uid);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, destination TEXT NOT NULL,
@@ -171,8 +171,9 @@ class NodeStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for sop in sop_uids:
-                    self._db.execute("UPDATE instances SET state = 'done', processed = processed + 1, result = ? "
-                                     "WHERE sop_uid = ? AND state = 'received'", (result_dir, sop))
+                    self._db.execute("UPDATE instances SET state = 'done', processed = processed + 1, result = ?, "
+                                     "processed_at = ? WHERE sop_uid = ? AND state = 'received'",
+                                     (result_dir, now, sop))
                 for dest in destinations:
                     for path in files:
                         self._db.execute("INSERT OR IGNORE INTO outbox (path, destination, queued) VALUES (?, ?, ?)",
