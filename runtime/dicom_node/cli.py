@@ -62,6 +62,7 @@ def main(argv=None):
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s lungedge-dicom-node %(levelname)s %(message)s")
     from lungedge.runtime.dicom_node.node import DicomNode
+    from lungedge.runtime.service import sd_notify
 
     try:
         config = config_from_args(args)
@@ -77,9 +78,11 @@ def main(argv=None):
             log.error("cannot start: %s", exc)
             return EXIT_UNUSABLE
         print(f"READY {node.address[0]} {node.address[1]}", flush=True)
+        sd_notify(f"READY=1\nSTATUS=listening as {config.ae_title} on port {node.address[1]}")
         node.wait()
         return EXIT_OK
     finally:
+        sd_notify("STOPPING=1")
         node.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
