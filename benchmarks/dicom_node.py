@@ -342,6 +342,22 @@ def write_report(results, out):
         lines += [f"| CT series of {ct['slices']} slices ({ct['side']} px): last slice -> SR at Orthanc | "
                   f"{ct['last_slice_to_sr_s']:.2f} s (settle {ct['settle_s']:.1f} s included) | <= 15 s |",
                   f"| CT series: sending all slices | {ct['send_s']:.2f} s | |"]
+    lines += ["", "How it is measured: the node runs as its own process (`lungedge dicom-node`), Orthanc as the PACS, "
+              "this process as the cart (pynetdicom), all on 127.0.0.1 and the same 2 cores. Latency runs from the "
+              "success status of a C-STORE at the cart to the SR's appearance in Orthanc's change log (polled "
+              "every 10 ms). Received/inferred/forwarded rates come from the node's queue timestamps (received, "
+              "processed, SR accepted by Orthanc) over the burst. The X-ray input is the dev pack's 1024x1024 "
+              "JPEG CR; the CT series is the dev pack's CT slice resized to 512x512 and repeated.",
+              "", "Each X-ray result is three objects (SR, SEG, SC); the SC overlay and the SEG of a 1024x1024 image "
+              "are part of the time. A CT series is processed after `ct_settle_seconds` without a new slice: the "
+              "study pipeline does not start while slices still arrive."]
+    if any("tiny" in str(v) for v in results["bundles"].values()):
+        lines += ["", "**Bundles with `tiny` in their name are the tests' 32-pixel ONNX models** "
+                  "(`python tools/tiny_bundles.py bundles/tiny`), used because no compressed classifier or CT "
+                  "bundle was present on this machine: these numbers measure the node's own overhead (DICOM "
+                  "decoding, networking, queue, SR/SEG/SC writing, forwarding) plus those models, not the "
+                  "compressed models' inference. Add a real bundle's per-image (or per-study) latency from "
+                  "BENCHMARKS.md to estimate a deployment."]
     with open(os.path.join(out, "report.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
