@@ -287,9 +287,19 @@ def _version():
 
 
 def _overlay(array, meta, result):
+    """RGB overlay; a refused input shows the image with "not assessed" and no finding."""
+    import cv2
+
     from lungedge.runtime import report
 
-    return report.render_overlay(array, meta, result)[:, :, ::-1]  # OpenCV's BGR -> RGB
+    if quality_refusal(result) is None:
+        return report.render_overlay(array, meta, result)[:, :, ::-1]  # OpenCV's BGR -> RGB
+    canvas = cv2.cvtColor(report.display_image(array, meta), cv2.COLOR_GRAY2RGB)
+    scale = max(0.4, canvas.shape[1] / 700.0)
+    for colour, width in (((0, 0, 0), int(3 * scale) + 1), ((255, 255, 0), max(1, int(scale)))):
+        cv2.putText(canvas, "not assessed (quality control)", (int(8 * scale), int(28 * scale)),
+                    cv2.FONT_HERSHEY_SIMPLEX, scale, colour, width, cv2.LINE_AA)
+    return canvas
 
 
 def xray_results(source, array, meta, result, model, lung_model=None):

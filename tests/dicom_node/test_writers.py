@@ -146,6 +146,12 @@ def test_refused_input_gives_a_not_assessed_sr_with_its_reason(tmp_path, process
     assert objects.seg is None  # nothing assessed, no mask published
     file = save(tmp_path, "sr", objects.sr)
     assert dciodvfy_errors(file) == []
+    assert dciodvfy_errors(save(tmp_path, "sc", objects.sc)) == []
+    for key in ("label", "probabilities", "positive", "mask"):  # a refusal may come without any prediction
+        result.pop(key, None)
+    bare = xray_results(pydicom.dcmread(path, stop_before_pixels=True), array, meta, result,
+                        processor.xray_model, processor.xray_lung_model)
+    assert bare.seg is None and bare.sc is not None
     found = codes(pydicom.dcmread(file))
     assert ("Assessment", "Not assessed") in found
     assert ("Reason not assessed", "image is a lateral view") in found and ("Reason not assessed", "underexposed") in found
