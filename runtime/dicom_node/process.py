@@ -20,7 +20,7 @@ class Processor:
         self.config = config
         self._open_list = []
         self.xray = self.ct_study = None
-        self.xray_model = self.xray_lung_model = self.ct_model = None
+        self.xray_model = self.xray_lung_model = self.ct_model = self.ct_lesion_model = None
         if config.xray_bundle:
             classifier = self._open(config.xray_bundle)
             lung = self._open(config.xray_lung_bundle) if config.xray_lung_bundle else None
@@ -38,6 +38,7 @@ class Processor:
                 raise BundleError(f"rule: {exc}") from None
             main = classifier or lesion
             self.ct_model = ModelInfo.from_predictor(main, role="classifier" if classifier else "lesion_segmenter")
+            self.ct_lesion_model = ModelInfo.from_predictor(lesion, role="lesion_segmenter") if lesion else None
 
     def _open(self, bundle_dir):
         from lungedge.runtime.predictor import Predictor
@@ -78,7 +79,8 @@ class Processor:
             masks = result.get("masks") or {}
             index = self._key_slice(result)
             array, meta = dicom.read(ordered[index])
-            return result, ct_results(headers, result, self.ct_model, masks=masks, key_slice=(index, array, meta))
+            return result, ct_results(headers, result, self.ct_model, masks=masks, key_slice=(index, array, meta),
+                                      lesion_model=self.ct_lesion_model)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -185,8 +185,12 @@ def xray_groups(result, uid, model):
     return [_group(label, uid, model, measurements, evaluations, finding=finding)]
 
 
-def ct_groups(result, uid, model):
-    """TID 1501 groups of a CT study: COVID finding and probability, severity grade, lesion/lung ratio."""
+def ct_groups(result, uid, model, lesion_model=None):
+    """TID 1501 groups of a CT study: COVID finding and probability, severity grade, lesion/lung ratio.
+
+    ``lesion_model`` (the lesion segmenter) is named for the ratio; ``model`` for the rest.
+    """
+    lesion_model = lesion_model or model
     refused = quality_refusal(result)
     if refused is not None:
         return _not_assessed(refused, uid, model)
@@ -200,7 +204,8 @@ def ct_groups(result, uid, model):
         if result.get("positive") is not None:
             evaluations.append(_evaluation(finding, _code(PRESENT if result["positive"] else ABSENT)))
     if result.get("lesion_ratio") is not None:
-        measurements.append(_measure("lesion-ratio", "Lesion to lung volume ratio", result["lesion_ratio"], model))
+        measurements.append(_measure("lesion-ratio", "Lesion to lung volume ratio", result["lesion_ratio"],
+                                     lesion_model))
     if result.get("severity") is not None:
         evaluations.append(_evaluation(_local("ct-severity", "CT severity grade"),
                                        _local(result["severity"], f"Severity {result['severity']}")))
@@ -315,7 +320,7 @@ def xray_results(source, array, meta, result, model, lung_model=None):
     return DicomResults(sr=sr, seg=seg, sc=sc)
 
 
-def ct_results(sources, result, model, masks=None, key_slice=None):
+def ct_results(sources, result, model, masks=None, key_slice=None, lesion_model=None):
     """SR, SEG (``masks``: {label: (slices, H, W)} in ``sources`` order) and SC of ``key_slice`` for a CT series.
 
     ``key_slice``: (index, HU array, meta) of the slice to show, or None for no SC.
@@ -325,13 +330,14 @@ def ct_results(sources, result, model, masks=None, key_slice=None):
     key = (sources[0].SeriesInstanceUID, len(sources), sources[0].SOPInstanceUID, sources[-1].SOPInstanceUID,
            model.manifest_sha256)
     series_uid = derived_uid("series", *key)
-    sr = write_sr(sources, ct_groups(result, derived_uid("track", *key), model), "ct", series_uid, key, model)
+    groups = ct_groups(result, derived_uid("track", *key), model, lesion_model)
+    sr = write_sr(sources, groups, "ct", series_uid, key, model)
     seg = sc = None
     assessed = quality_refusal(result) is None
     if assessed and masks:
         labels = list(masks)
         stacked = np.stack([np.asarray(masks[label]) > 0 for label in labels], axis=-1)
-        seg = write_seg(sources, stacked, labels, series_uid, key, model)
+        seg = write_seg(sources, stacked, labels, series_uid, key, lesion_model or model)
     if key_slice is not None:
         index, array, meta = key_slice
         shown = dict(result)

@@ -3,7 +3,6 @@
 import os
 import sys
 
-import numpy as np
 import pytest
 
 pytest.importorskip("pynetdicom", reason="the dicom-node extra is not installed")
@@ -12,7 +11,7 @@ pytest.importorskip("highdicom", reason="the dicom-node extra is not installed")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "runtime"))
 sys.path.insert(0, HERE)
-from peers import CR_STORAGE, DEV_CR, DEV_CT  # noqa: E402
+from peers import DEV_CR, DEV_CT  # noqa: E402
 from tinymodels import classifier_model, segmenter_model, write_bundle  # noqa: E402
 
 
@@ -30,60 +29,6 @@ def bundles(tmp_path_factory):
         "ct_lesion": write_bundle(root / "ct-lesion", segmenter_model(1, cut=1.8), "segmentation", "ct",
                                   ["background", "lesion"], {"mask": 0.5}, kind="probabilities"),
     }
-
-
-def new_uid():
-    from pydicom.uid import generate_uid
-
-    return generate_uid()
-
-
-def cr_instance(source, path, small=False, study_uid=None, series_uid=None, uncompressed=False):
-    """The dev pack's chest CR re-tagged as CR Image Storage (it ships as Secondary Capture) with new UIDs.
-
-    ``small``: a 128x128 uncompressed crop (fast for the fault tests); else the 1024x1024 JPEG baseline file,
-    decoded to explicit VR little endian with ``uncompressed``.
-    """
-    import pydicom
-
-    ds = pydicom.dcmread(source)
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CR_STORAGE
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = new_uid()
-    ds.SeriesInstanceUID = series_uid or new_uid()
-    if study_uid:
-        ds.StudyInstanceUID = study_uid
-    if small or uncompressed:
-        pixels = np.ascontiguousarray(ds.pixel_array[384:640:2, 384:640:2] if small else ds.pixel_array)
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        ds.Rows, ds.Columns = pixels.shape
-        ds.PixelData = pixels.tobytes()
-        for key in ("LossyImageCompressionMethod",):
-            if key in ds:
-                delattr(ds, key)
-    ds.save_as(str(path), enforce_file_format=True)
-    return str(path)
-
-
-def ct_series(source, folder, count=4, study_uid=None):
-    """``count`` slices of the dev pack's CT slice, 2.5 mm apart, each with its own SOP Instance UID."""
-    import pydicom
-
-    os.makedirs(str(folder), exist_ok=True)
-    series = new_uid()
-    for k in range(count):
-        ds = pydicom.dcmread(source)
-        arr = ds.pixel_array.copy()
-        arr[40:70, 40:90] = 1424  # a 400 HU block: the lesion the tiny segmenter finds
-        ds.PixelData = arr.tobytes()
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = new_uid()
-        ds.SeriesInstanceUID = series
-        if study_uid:
-            ds.StudyInstanceUID = study_uid
-        position = [float(v) for v in ds.ImagePositionPatient]
-        ds.ImagePositionPatient = [position[0], position[1], position[2] + 2.5 * k]
-        ds.InstanceNumber = k + 1
-        ds.save_as(os.path.join(str(folder), f"slice_{count - k:03d}.dcm"), enforce_file_format=True)
-    return str(folder)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pydicom
 import pytest
-from conftest import cr_instance, ct_series, new_uid
+from dicom_samples import cr_instance, ct_series, new_uid
 from peers import Orthanc, dciodvfy_errors, free_port, require_tool, wait_for
 
 from lungedge.runtime.dicom_node.config import NodeConfig

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pydicom
-from conftest import cr_instance, new_uid
+from dicom_samples import cr_instance, new_uid
 from peers import Orthanc, free_port, require_tool, wait_for
 
 COUNT = 8

@@ -53,7 +53,7 @@ def _config(tmp_path, destination, **extra):
 
 
 def _result_file(tmp_path, dev_cr):
-    from conftest import cr_instance
+    from dicom_samples import cr_instance
 
     return cr_instance(dev_cr, tmp_path / "result.dcm", small=True)
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pydicom
 import pytest
-from conftest import cr_instance, ct_series
+from dicom_samples import cr_instance, ct_series
 from peers import dciodvfy_errors
 
 from lungedge.runtime.dicom_node.process import Processor, encode
@@ -132,6 +132,8 @@ def test_ct_series_sr_seg_sc_validate_and_seg_equals_masks(tmp_path, processor, 
         frames = seg.get_pixels_by_source_instance(ordered, segment_numbers=[number])[..., 0] > 0
         np.testing.assert_array_equal(frames, result["masks"][label] > 0)
     assert result["masks"]["lesion"].sum() > 0
+    algorithm = pydicom.dcmread(files["seg"]).SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "ct-lesion"  # the masks are the lesion segmenter's
 
 
 def test_refused_input_gives_a_not_assessed_sr_with_its_reason(tmp_path, processor, dev_cr):
