@@ -298,3 +298,44 @@ def test_tls_only_a_tls_peer_gets_in(tmp_path, start_node):
     finally:
         assoc.release()
         ae.shutdown()
+
+
+def _compress(tool, args, src, dst):
+    proc = subprocess.run([require_tool(tool), *args, str(src), str(dst)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _j2k(src, dst):
+    ds = pydicom.dcmread(src)
+    ds.compress("1.2.840.10008.1.2.4.90")  # JPEG 2000 lossless, encoded by pylibjpeg-openjpeg
+    ds.save_as(str(dst), enforce_file_format=True)
+
+
+@pytest.mark.parametrize("name, syntax, make, propose", [
+    ("rle", "1.2.840.10008.1.2.5", lambda s, d: _compress("dcmcrle", [], s, d), "-xr"),
+    ("jpeg-lossless-sv1", "1.2.840.10008.1.2.4.70", lambda s, d: _compress("dcmcjpeg", ["+e1"], s, d), "-xs"),
+    ("jpeg-ls-lossless", "1.2.840.10008.1.2.4.80", lambda s, d: _compress("dcmcjpls", ["+el"], s, d), "-xt"),
+    ("jpeg2000-lossless", "1.2.840.10008.1.2.4.90", _j2k, "-xv"),
+])
+def test_compressed_transfer_syntaxes_from_storescu_decode_to_the_same_result(tmp_path, start_node, dev_cr, name,
+                                                                                syntax, make, propose):
+    import json
+
+    from lungedge.runtime.pipelines import XrayPipeline
+    from lungedge.runtime.predictor import Predictor
+
+    plain = cr_instance(dev_cr, tmp_path / "plain.dcm", small=True)
+    packed = tmp_path / f"{name}.dcm"
+    make(plain, packed)
+    assert str(pydicom.dcmread(packed).file_meta.TransferSyntaxUID) == syntax
+    node = start_node()
+    sent = storescu(node, packed, extra=(propose,))
+    assert sent.returncode == 0, sent.stderr
+    wait_for(done(node, 1), timeout=30, what="the compressed instance to be processed")
+    with open(os.path.join(node.store.instances()[0][3], "result.json")) as fh:
+        got = json.load(fh)
+    pipe = XrayPipeline(Predictor.from_bundle(node.config.xray_bundle),
+                        Predictor.from_bundle(node.config.xray_lung_bundle))
+    expected = pipe.predict(plain)
+    assert got["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)  # lossless: same pixels
+    assert got["lung"]["areas"]["lung"]["pixels"] == expected["lung"]["areas"]["lung"]["pixels"]
