@@ -9,7 +9,7 @@ import sys
 
 from lungedge.runtime.errors import LungedgeError
 
-EXIT_OK, EXIT_UNUSABLE = 0, 2
+EXIT_OK, EXIT_UNUSABLE, EXIT_SELFTEST = 0, 2, 3
 log = logging.getLogger("lungedge.dicom_node")
 
 FLAGS = {  # flag -> (config key, type)
@@ -62,7 +62,7 @@ def main(argv=None):
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s lungedge-dicom-node %(levelname)s %(message)s")
     from lungedge.runtime.dicom_node.node import DicomNode
-    from lungedge.runtime.service import sd_notify
+    from lungedge.runtime.service import SelfTestFailed, sd_notify
 
     try:
         config = config_from_args(args)
@@ -74,6 +74,9 @@ def main(argv=None):
     try:
         try:
             node.start()
+        except SelfTestFailed as exc:
+            log.error("%s", exc)
+            return EXIT_SELFTEST
         except (LungedgeError, OSError) as exc:
             log.error("cannot start: %s", exc)
             return EXIT_UNUSABLE

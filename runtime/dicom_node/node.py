@@ -14,7 +14,7 @@ import threading
 import time
 
 from lungedge.runtime.dicom_node.forward import Forwarder
-from lungedge.runtime.dicom_node.process import Processor, save_results
+from lungedge.runtime.dicom_node.process import Processor, save_results, selftest_bundles
 from lungedge.runtime.dicom_node.scp import MODALITY_CODES, StorageSCP
 from lungedge.runtime.dicom_node.store import NodeStore
 from lungedge.runtime.errors import LungedgeError
@@ -47,6 +47,7 @@ class DicomNode:
         recovered = self.store.recover(describe_file)
         if recovered:
             log.warning("registered %d inbox instances that a stop left without a queue row", recovered)
+        self.selftests = selftest_bundles(self.config, log)
         self.processor = Processor(self.config)
         self.forwarder = Forwarder(self.config, self.store)
         self.scp = StorageSCP(self.config, self.store, self.processor.modalities, on_received=self._work.set)

@@ -11,6 +11,36 @@ from lungedge.runtime.dicom_node.writers import ModelInfo, ct_results, xray_resu
 from lungedge.runtime.errors import BundleError, InputError
 
 
+def selftest_bundles(config, log):
+    """Run the golden self-test of every configured bundle that has golden data; raise SelfTestFailed on a miss.
+
+    A bundle without golden data is opened untested (with a warning), unlike ``lungedge serve``, which refuses it.
+    """
+    from lungedge.runtime.bundle import Bundle
+    from lungedge.runtime.errors import LungedgeError
+    from lungedge.runtime.selftest import run_selftest
+    from lungedge.runtime.service import SelfTestFailed
+
+    results = []
+    for bundle_dir in (config.xray_bundle, config.xray_lung_bundle, config.ct_bundle, config.ct_lesion_bundle,
+                       config.ct_lung_bundle):
+        if not bundle_dir:
+            continue
+        bundle = Bundle.load(bundle_dir)
+        if not bundle.manifest.get("golden"):
+            log.warning("bundle %s has no golden data: opened without a self-test", bundle.manifest["name"])
+            continue
+        try:
+            result = run_selftest(bundle_dir, backend=config.backend, threads=config.threads)
+        except LungedgeError as exc:
+            raise SelfTestFailed(f"self-test of {bundle_dir} could not run: {exc}") from None
+        if not result["passed"]:
+            raise SelfTestFailed(f"self-test of {result['bundle']} [{result['artifact']} on {result['backend']}] "
+                                 f"failed: {result['reason']}; refusing to serve")
+        results.append(result)
+    return results
+
+
 class Processor:
     """The configured bundles, opened once; ``xray(path)`` and ``ct(paths)`` return (result, DicomResults)."""
 

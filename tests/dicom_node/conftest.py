@@ -12,7 +12,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "runtime"))
 sys.path.insert(0, HERE)
 from peers import DEV_CR, DEV_CT  # noqa: E402
-from tinymodels import classifier_model, segmenter_model, write_bundle  # noqa: E402
+from tinymodels import classifier_model, golden_writer, segmenter_model, write_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,8 @@ def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
     return {
         "xray": write_bundle(root / "xray-cls", classifier_model(3), "classification", "xray",
-                             ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid"),
+                             ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid",
+                             golden=golden_writer()),  # so the node's start-up self-test runs
         "xray_lung": write_bundle(root / "xray-lung", segmenter_model(1), "segmentation", "xray",
                                   ["background", "lung"], {"mask": 0.5}, kind="probabilities"),
         "ct": write_bundle(root / "ct-cls", classifier_model(2, seed=3), "classification", "ct",

@@ -28,6 +28,17 @@ def test_cli_refuses_a_bad_config_with_status_2(tmp_path, caplog):
     assert "cannot start" in caplog.text
 
 
+def test_a_bundle_failing_its_golden_self_test_stops_the_node_with_status_3(tmp_path, caplog):
+    from tinymodels import classifier_model, golden_writer, write_bundle
+
+    spoiled = write_bundle(tmp_path / "spoiled", classifier_model(3), "classification", "xray",
+                           ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid",
+                           golden=golden_writer(shift=1.0))
+    assert main(["dicom-node", "--state", str(tmp_path / "state"), "--xray-bundle", spoiled, "--allow", "CART",
+                 "--host", "127.0.0.1", "--port", "0"]) == 3
+    assert "refusing to serve" in caplog.text
+
+
 def test_lungedge_dicom_node_help_runs_through_the_main_cli():
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
@@ -41,7 +52,7 @@ def test_node_unit_runs_the_node_module_and_verifies(tmp_path):
     with open(os.path.join(JETSON, "lungedge-dicom-node.service")) as fh:
         text = fh.read()
     assert "ExecStart=/opt/lungedge/venv/bin/python -m lungedge.runtime.dicom_node.cli --config " in text
-    assert "Type=notify" in text and "RestartPreventExitStatus=2" in text
+    assert "Type=notify" in text and "RestartPreventExitStatus=2 3" in text
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze not installed (the key checks above still ran)")
