@@ -34,6 +34,8 @@ def build_parser():
                         help="calling AE title allowed to send (repeat; at least one)")
     parser.add_argument("--destination", dest="destinations", action="append", default=None,
                         metavar="AET@HOST:PORT", help="where results go (repeat)")
+    parser.add_argument("--keep-inputs", dest="keep_inputs", action="store_true", default=None,
+                        help="keep received instances in STATE/inbox after processing (default: delete them)")
     parser.add_argument("--verbose", action="store_true")
     return parser
 

@@ -74,6 +74,7 @@ class NodeConfig:
     tls_ca: Optional[str] = None
     poll_seconds: float = 0.2
     max_pdu: int = 0  # 0: no limit; tests set it small to split instances into many PDUs
+    keep_inputs: bool = False  # keep received instances in inbox/ after processing (else deleted)
 
     def __post_init__(self):
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title))

@@ -130,6 +130,8 @@ class DicomNode:
         folder = os.path.join(self.store.results, key)
         paths = save_results(folder, result, objects)
         self.store.complete(sops, folder, paths, [d.name for d in self.config.destinations])
+        if not self.config.keep_inputs:
+            self.store.release_inputs(sops)
         self.forward_now()
         log.info("%s processed in %.2f s: %s -> results/%s", what, time.monotonic() - start, _verdict(result), key)
 

@@ -2,7 +2,8 @@
 
 Layout of ``state``::
 
-    inbox/<SOPInstanceUID>.dcm    received instances, each fsynced and renamed into place before C-STORE success
+    inbox/<SOPInstanceUID>.dcm    received instances, each fsynced and renamed into place before C-STORE success;
+                                  deleted once processed unless the node keeps its inputs (``keep_inputs``)
     results/<key>/                sr.dcm, seg.dcm, sc.dcm (what exists) and result.json (no patient identifiers)
     failed/<name>                 inputs that could not be used, each with <name>.error.json (typed error)
     dead-letter/<AET>/<file>      results a destination refused ``max_rejections`` times, with .error.json
@@ -182,6 +183,13 @@ class NodeStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def release_inputs(self, sop_uids):
+        """Delete the inbox files of processed instances (after ``complete`` committed: never needed again)."""
+        for sop in sop_uids:
+            rows = self._run("SELECT path FROM instances WHERE sop_uid = ? AND state = 'done'", (sop,))
+            if rows and rows[0][0].startswith(self.inbox + os.sep) and os.path.exists(rows[0][0]):
+                os.unlink(rows[0][0])
 
     def fail(self, sop_uids, error):
         """Move instances to failed/ with their error JSON and mark them failed."""

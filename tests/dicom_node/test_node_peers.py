@@ -251,7 +251,7 @@ def test_eight_concurrent_senders_lose_nothing_and_process_each_instance_once(tm
     rows = node.store.instances()
     assert len(rows) == 16 and all(state == "done" and processed == 1 for _, state, processed, _ in rows)
     assert len({r[3] for r in rows}) == 16
-    assert node.store.counts()["dead"] == 0
+    assert node.store.counts()["dead"] == 0 and os.listdir(node.store.inbox) == []  # processed inputs released
 
 
 def test_results_wait_while_the_pacs_is_down_and_go_out_when_it_returns(tmp_path, start_node, dev_cr):
