@@ -107,6 +107,10 @@ class CtStudyPipeline:
     def run(self, path_or_volume, meta=None, source=None):
         """Score one study; returns the study result dict (schema in lungedge.runtime.report)."""
         source, slices = self._slices(path_or_volume, meta, source)
+        return self.run_slices(slices, source)
+
+    def run_slices(self, slices, source):
+        """Score one study from an iterable of (2-D slice, reader meta) in patient order."""
         rows, batch, volume_meta, masks = [], [], None, []
         for array, slice_meta in slices:
             volume_meta = volume_meta or slice_meta

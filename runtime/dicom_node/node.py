@@ -111,15 +111,22 @@ class DicomNode:
             rows = self.store.series_instances(series)
             if rows:
                 self._run([s for s, _ in rows], functools.partial(self.processor.run_ct, [p for _, p in rows]),
-                          f"CT series of {len(rows)} instances")
+                          f"CT series of {len(rows)} instances", sr_first=True)
                 return True
         return False
 
-    def _run(self, sops, job, what):
+    def _run(self, sops, job, what, sr_first=False):
+        """Run ``job`` -> (result, DicomResults), save and queue its results, mark ``sops`` done (or failed).
+
+        ``sr_first``: the job takes ``on_sr``; its SR is saved and queued before the SEG and SC are built.
+        """
         from lungedge.runtime.dicom_node.writers import derived_uid
 
         start = time.monotonic()
         key = derived_uid("result", *sops)
+        folder = os.path.join(self.store.results, key)
+        if sr_first:
+            job = functools.partial(job, on_sr=lambda result, sr: self._send_sr_first(folder, sr))
         try:
             result, objects = job()
         except LungedgeError as exc:
@@ -127,13 +134,22 @@ class DicomNode:
             self.store.fail(sops, error)
             log.warning("%s failed (%s): kept in failed/ with its error file", what, type(exc).__name__)
             return
-        folder = os.path.join(self.store.results, key)
         paths = save_results(folder, result, objects)
         self.store.complete(sops, folder, paths, [d.name for d in self.config.destinations])
         if not self.config.keep_inputs:
             self.store.release_inputs(sops)
         self.forward_now()
         log.info("%s processed in %.2f s: %s -> results/%s", what, time.monotonic() - start, _verdict(result), key)
+
+    def _send_sr_first(self, folder, sr):
+        from lungedge.runtime.dicom_node.process import encode
+        from lungedge.runtime.dicom_node.store import write_durably
+
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "sr.dcm")
+        write_durably(path, encode(sr))
+        self.store.queue([path], [d.name for d in self.config.destinations])
+        self.forward_now()
 
     # -- the forwarder ----------------------------------------------------------------------------------------
 

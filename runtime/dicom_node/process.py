@@ -7,7 +7,7 @@ import shutil
 import tempfile
 
 from lungedge.runtime import report
-from lungedge.runtime.dicom_node.writers import ModelInfo, ct_results, xray_results
+from lungedge.runtime.dicom_node.writers import DicomResults, ModelInfo, ct_seg_sc, ct_sr, xray_results
 from lungedge.runtime.errors import BundleError, InputError
 
 
@@ -93,8 +93,12 @@ class Processor:
         header = open_dicom(path, os.path.basename(path), stop_before_pixels=True)
         return result, xray_results(header, array, meta, result, self.xray_model, self.xray_lung_model)
 
-    def run_ct(self, paths):
-        """One CT series (its instance files): the study pipeline, SR + SEG (lesion, lung) + SC of the key slice."""
+    def run_ct(self, paths, on_sr=None):
+        """One CT series (its instance files): the study pipeline, SR + SEG (lesion, lung) + SC of the key slice.
+
+        ``on_sr(result, sr)`` is called as soon as the SR exists, before the slower SEG and SC are built, so the
+        SR can be on its way to the PACS meanwhile.
+        """
         from lungedge.runtime.io import dicom
 
         if self.ct_study is None:
@@ -103,14 +107,18 @@ class Processor:
         try:
             for i, path in enumerate(paths):
                 os.symlink(os.path.abspath(path), os.path.join(folder, f"{i:05d}.dcm"))
-            ordered = dicom.series_files(folder)
-            result = self.ct_study.run(folder, source={"series": "dicom-node", "instances": len(paths)})
-            headers = [dicom._open(p, os.path.basename(p), stop_before_pixels=True) for p in ordered]
-            masks = result.get("masks") or {}
+            headers = dicom.series_headers(folder)  # read once: the order, the checks and the SR's evidence
+            source = {"series": "dicom-node", "instances": len(paths)}
+            result = self.ct_study.run_slices(dicom.iter_dicom_series(folder, headers=headers), source)
+            sources = [ds for _, ds in headers]
+            sr = ct_sr(sources, result, self.ct_model, self.ct_lesion_model)
+            if on_sr is not None:
+                on_sr(result, sr)
             index = self._key_slice(result)
-            array, meta = dicom.read(ordered[index])
-            return result, ct_results(headers, result, self.ct_model, masks=masks, key_slice=(index, array, meta),
-                                      lesion_model=self.ct_lesion_model)
+            array, meta = dicom.read(headers[index][0])
+            seg, sc = ct_seg_sc(sources, result, self.ct_model, masks=result.get("masks") or {},
+                                key_slice=(index, array, meta), lesion_model=self.ct_lesion_model)
+            return result, DicomResults(sr=sr, seg=seg, sc=sc)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -184,6 +184,12 @@ class NodeStore:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def queue(self, files, destinations):
+        """Queue ``files`` for each destination now (an SR sent ahead of its SEG and SC); repeats are ignored."""
+        now = time.time()
+        self._run("INSERT OR IGNORE INTO outbox (path, destination, queued) VALUES (?, ?, ?)",
+                  [(path, dest, now) for dest in destinations for path in files], many=True)
+
     def release_inputs(self, sop_uids):
         """Delete the inbox files of processed instances (after ``complete`` committed: never needed again)."""
         for sop in sop_uids:

@@ -320,21 +320,29 @@ def xray_results(source, array, meta, result, model, lung_model=None):
     return DicomResults(sr=sr, seg=seg, sc=sc)
 
 
-def ct_results(sources, result, model, masks=None, key_slice=None, lesion_model=None):
-    """SR, SEG (``masks``: {label: (slices, H, W)} in ``sources`` order) and SC of ``key_slice`` for a CT series.
-
-    ``key_slice``: (index, HU array, meta) of the slice to show, or None for no SC.
-    """
+def _ct_key(sources, model):
     if not sources:
         raise InputError("a CT study needs at least one slice")
-    key = (sources[0].SeriesInstanceUID, len(sources), sources[0].SOPInstanceUID, sources[-1].SOPInstanceUID,
-           model.manifest_sha256)
-    series_uid = derived_uid("series", *key)
+    return (sources[0].SeriesInstanceUID, len(sources), sources[0].SOPInstanceUID, sources[-1].SOPInstanceUID,
+            model.manifest_sha256)
+
+
+def ct_sr(sources, result, model, lesion_model=None):
+    """The SR of a CT series (``sources``: its headers in patient order)."""
+    key = _ct_key(sources, model)
     groups = ct_groups(result, derived_uid("track", *key), model, lesion_model)
-    sr = write_sr(sources, groups, "ct", series_uid, key, model)
+    return write_sr(sources, groups, "ct", derived_uid("series", *key), key, model)
+
+
+def ct_seg_sc(sources, result, model, masks=None, key_slice=None, lesion_model=None):
+    """(SEG of ``masks`` ({label: (slices, H, W)} in ``sources`` order) or None, SC of ``key_slice`` or None).
+
+    ``key_slice``: (index, HU array, meta) of the slice to show.
+    """
+    key = _ct_key(sources, model)
+    series_uid = derived_uid("series", *key)
     seg = sc = None
-    assessed = quality_refusal(result) is None
-    if assessed and masks:
+    if quality_refusal(result) is None and masks:
         labels = list(masks)
         stacked = np.stack([np.asarray(masks[label]) > 0 for label in labels], axis=-1)
         seg = write_seg(sources, stacked, labels, series_uid, key, lesion_model or model)
@@ -349,6 +357,13 @@ def ct_results(sources, result, model, masks=None, key_slice=None, lesion_model=
                          areas={label: {"fraction": float(np.mean(np.asarray(masks[label][index]) > 0))}
                                 for label in masks})
         sc = write_sc(sources[index], _overlay(array, meta, shown), series_uid, key)
+    return seg, sc
+
+
+def ct_results(sources, result, model, masks=None, key_slice=None, lesion_model=None):
+    """SR, SEG and SC of a CT series (see ``ct_sr`` and ``ct_seg_sc``)."""
+    sr = ct_sr(sources, result, model, lesion_model)
+    seg, sc = ct_seg_sc(sources, result, model, masks, key_slice, lesion_model)
     return DicomResults(sr=sr, seg=seg, sc=sc)
 
 
@@ -357,5 +372,5 @@ def masks_for_seg(labels_and_masks: Sequence[Tuple[str, np.ndarray]]) -> Dict[st
     return {label: mask for label, mask in labels_and_masks if mask is not None}
 
 
-__all__: List[str] = ["DicomResults", "ModelInfo", "ct_results", "derived_uid", "quality_refusal",
+__all__: List[str] = ["DicomResults", "ModelInfo", "ct_results", "ct_seg_sc", "ct_sr", "derived_uid", "quality_refusal",
                       "xray_results", "masks_for_seg"]
