@@ -92,8 +92,9 @@ class DicomNode:
         while not self._stop.is_set():
             try:
                 busy = self.process_one()
-            except Exception:  # never let the worker die; the item stays queued
-                log.exception("worker error; retrying shortly")
+            except Exception as exc:  # never let the worker die; the item stays queued
+                # the type only: a library's message or traceback can quote header values
+                log.error("worker error (%s); retrying shortly", type(exc).__name__)
                 busy = False
                 self._stop.wait(1.0)
             if not busy:
@@ -129,8 +130,11 @@ class DicomNode:
             job = functools.partial(job, on_sr=lambda result, sr: self._send_sr_first(folder, sr))
         try:
             result, objects = job()
-        except LungedgeError as exc:
-            error = {"schema": "lungedge.error/1", "error": {"type": type(exc).__name__, "message": str(exc)}}
+        except OSError:
+            raise  # disk or file trouble: the instances stay queued and are tried again
+        except Exception as exc:  # bad input (typed) or a library refusing it: fail it, keep the queue moving
+            message = str(exc) if isinstance(exc, LungedgeError) else f"unexpected {type(exc).__name__}: {exc}"
+            error = {"schema": "lungedge.error/1", "error": {"type": type(exc).__name__, "message": message}}
             self.store.fail(sops, error)
             log.warning("%s failed (%s): kept in failed/ with its error file", what, type(exc).__name__)
             return
@@ -160,8 +164,8 @@ class DicomNode:
         while not self._stop.is_set():
             try:
                 self.forwarder.run_once()
-            except Exception:
-                log.exception("forwarder error; retrying shortly")
+            except Exception as exc:
+                log.error("forwarder error (%s); retrying shortly", type(exc).__name__)
             due = self.store.next_due()
             wait = self.config.poll_seconds * 10 if due is None else max(0.0, min(due - time.time(), 5.0))
             self._forward_event.wait(wait)

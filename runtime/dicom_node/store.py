@@ -227,11 +227,12 @@ class NodeStore:
     # -- the outbox -------------------------------------------------------------------------------------------
 
     def due(self, now=None):
-        """{destination: [(id, path), ...]} of pending rows whose next try has come."""
+        """{destination: [(id, path), ...]} of pending rows whose next try has come, SRs first."""
         now = time.time() if now is None else now
         out = {}
+        # SRs first: they carry the finding, and a PACS user waits for them, not for the SEG or SC.
         for row_id, path, dest in self._run("SELECT id, path, destination FROM outbox WHERE state = 'pending' AND "
-                                            "next_try <= ? ORDER BY id", (now,)):
+                                            "next_try <= ? ORDER BY (path NOT LIKE '%sr.dcm'), id", (now,)):
             out.setdefault(dest, []).append((row_id, path))
         return out
 

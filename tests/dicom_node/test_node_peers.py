@@ -339,3 +339,30 @@ def test_compressed_transfer_syntaxes_from_storescu_decode_to_the_same_result(tm
     expected = pipe.predict(plain)
     assert got["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)  # lossless: same pixels
     assert got["lung"]["areas"]["lung"]["pixels"] == expected["lung"]["areas"]["lung"]["pixels"]
+
+
+def test_an_unusable_instance_fails_with_a_typed_error_file_and_the_queue_moves_on(tmp_path, start_node, dev_cr,
+                                                                                   caplog):
+    import json
+
+    node = start_node()
+    tiny = pydicom.dcmread(cr_instance(dev_cr, tmp_path / "tiny.dcm", small=True))
+    tiny.Rows = tiny.Columns = 8  # too small to diagnose: the reader refuses it (InputError)
+    tiny.PixelData = bytes(64)
+    tiny.save_as(str(tmp_path / "tiny.dcm"), enforce_file_format=True)
+    mismatched = pydicom.dcmread(cr_instance(dev_cr, tmp_path / "mr.dcm", small=True))
+    mismatched.Modality = "MR"  # CR Image Storage holding an MR: refused on receipt
+    mismatched.save_as(str(tmp_path / "mr.dcm"), enforce_file_format=True)
+    good = cr_instance(dev_cr, tmp_path / "good.dcm", small=True)
+    sent = storescu(node, tmp_path / "tiny.dcm", tmp_path / "mr.dcm", good, extra=("--no-halt",))
+    assert "good.dcm" in " ".join(sent.args)  # --no-halt: storescu goes on past the refused instance
+    wait_for(lambda: node.store.counts()["done"] == 1 and node.store.counts()["failed"] == 1, timeout=30,
+             what="one failed and one processed instance")
+    failed = os.path.join(node.store.failed, str(tiny.SOPInstanceUID) + ".dcm")
+    assert os.path.isfile(failed)
+    with open(failed + ".error.json") as fh:
+        assert json.load(fh)["error"]["type"] == "InputError"
+    refused = [n for n in os.listdir(node.store.failed) if n.startswith("received-") and n.endswith(".error.json")]
+    assert len(refused) == 1
+    with open(os.path.join(node.store.failed, refused[0])) as fh:
+        assert json.load(fh)["status"] == "0xA900"

@@ -18,8 +18,9 @@ def test_a_resent_instance_is_kept_once_and_completion_queues_results_per_destin
     assert store.receive("1.2.3.4", "1.2.3", "xray", b"DICM-bytes") is True
     assert store.receive("1.2.3.4", "1.2.3", "xray", b"DICM-bytes") is False
     assert store.next_xray()[0] == "1.2.3.4"
-    store.complete(["1.2.3.4"], "results/x", ["a.dcm", "b.dcm"], ["PACS@h:1", "CART@h:2"])
-    store.complete(["1.2.3.4"], "results/x", ["a.dcm", "b.dcm"], ["PACS@h:1", "CART@h:2"])  # replay: no effect
+    store.complete(["1.2.3.4"], "results/x", ["x/seg.dcm", "x/sr.dcm"], ["PACS@h:1", "CART@h:2"])
+    store.complete(["1.2.3.4"], "results/x", ["x/seg.dcm", "x/sr.dcm"], ["PACS@h:1", "CART@h:2"])  # no effect
+    assert [path for _, path in store.due()["PACS@h:1"]] == ["x/sr.dcm", "x/seg.dcm"]  # SRs go first
     assert store.next_xray() is None
     assert store.counts()["pending"] == 4 and store.instances() == [("1.2.3.4", "done", 1, "results/x")]
     with pytest.raises(ValueError):

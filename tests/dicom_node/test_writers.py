@@ -112,7 +112,9 @@ def processor_inputs(path):
 def test_ct_series_sr_seg_sc_validate_and_seg_equals_masks(tmp_path, processor, dev_ct):
     folder = ct_series(dev_ct, tmp_path / "series", count=4)
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-    result, objects = processor.run_ct(paths)
+    early = []
+    result, objects = processor.run_ct(paths, on_sr=lambda res, sr: early.append(sr))
+    assert [sr.SOPInstanceUID for sr in early] == [objects.sr.SOPInstanceUID]  # the SR came first, once
     files = {name: save(tmp_path, name, ds) for name, ds in (("sr", objects.sr), ("seg", objects.seg),
                                                              ("sc", objects.sc))}
     for name, file in files.items():
