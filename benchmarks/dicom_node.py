@@ -349,8 +349,9 @@ def write_report(results, out):
               "processed, SR accepted by Orthanc) over the burst. The X-ray input is the dev pack's 1024x1024 "
               "JPEG CR; the CT series is the dev pack's CT slice resized to 512x512 and repeated.",
               "", "Each X-ray result is three objects (SR, SEG, SC); the SC overlay and the SEG of a 1024x1024 image "
-              "are part of the time. A CT series is processed after `ct_settle_seconds` without a new slice: the "
-              "study pipeline does not start while slices still arrive."]
+              "are part of the time (the forwarder sends SRs ahead of queued SEGs and SCs). A CT series is "
+              "processed after `ct_settle_seconds` without a new slice (the study pipeline does not start while "
+              "slices still arrive); its SR is written and sent before the SEG (2 x 300 frames) and SC are built."]
     if any("tiny" in str(v) for v in results["bundles"].values()):
         lines += ["", "**Bundles with `tiny` in their name are the tests' 32-pixel ONNX models** "
                   "(`python tools/tiny_bundles.py bundles/tiny`), used because no compressed classifier or CT "
