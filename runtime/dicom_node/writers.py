@@ -12,7 +12,7 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -367,10 +367,5 @@ def ct_results(sources, result, model, masks=None, key_slice=None, lesion_model=
     return DicomResults(sr=sr, seg=seg, sc=sc)
 
 
-def masks_for_seg(labels_and_masks: Sequence[Tuple[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-    """Ordered {label: mask} without the masks that are None."""
-    return {label: mask for label, mask in labels_and_masks if mask is not None}
-
-
-__all__: List[str] = ["DicomResults", "ModelInfo", "ct_results", "ct_seg_sc", "ct_sr", "derived_uid", "quality_refusal",
-                      "xray_results", "masks_for_seg"]
+__all__ = ["DicomResults", "ModelInfo", "ct_results", "ct_seg_sc", "ct_sr", "derived_uid", "quality_refusal",
+           "xray_results"]
