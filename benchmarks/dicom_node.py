@@ -335,7 +335,7 @@ def write_report(results, out):
     if burst:
         lines += [f"| X-ray burst of {burst['images']}: received | {burst['received_per_s']:.1f} images/s | |",
                   f"| X-ray burst: inferred | {burst['inferred_per_s']:.2f} images/s | |",
-                  f"| X-ray burst: forwarded (SR, SEG, SC at Orthanc) | {burst['forwarded_per_s']:.2f} images/s | |",
+                  f"| X-ray burst: forwarded (SR accepted by Orthanc) | {burst['forwarded_per_s']:.2f} images/s | |",
                   f"| X-ray burst: C-STORE end -> SR, p50 / p95 (queueing included) | {burst['p50_s']:.2f} s / "
                   f"{burst['p95_s']:.2f} s | |"]
     if ct:
