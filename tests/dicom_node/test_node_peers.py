@@ -365,3 +365,25 @@ def test_an_unusable_instance_fails_with_a_typed_error_file_and_the_queue_moves_
     assert len(refused) == 1
     with open(os.path.join(node.store.failed, refused[0])) as fh:
         assert json.load(fh)["status"] == "0xA900"
+
+
+def test_results_go_to_every_destination_the_pacs_and_back_to_the_cart(tmp_path, start_node, orthanc, dev_cr):
+    """A second destination: DCMTK's storescp standing in for the cart's own storage SCP."""
+    received = tmp_path / "cart-inbox"
+    received.mkdir()
+    port = free_port()
+    cart = subprocess.Popen([require_tool("storescp"), "-aet", "CARTSCP", "-od", str(received), "--fork",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        node = start_node(destinations=(orthanc.destination, f"CARTSCP@127.0.0.1:{port}"))
+        study = new_uid()
+        sent = storescu(node, cr_instance(dev_cr, tmp_path / "cr.dcm", small=True, study_uid=study))
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: kinds(orthanc, study) == ["SC", "SEG", "SR"], timeout=60, what="the results at Orthanc")
+        wait_for(lambda: len(os.listdir(received)) == 3, timeout=60, what="the results at the cart")
+        wait_for(lambda: node.store.counts()["sent"] == 6, timeout=30, what="six deliveries recorded")
+    finally:
+        cart.terminate()
+        cart.wait(10)
+    at_cart = sorted(pydicom.dcmread(str(received / n)).SOPInstanceUID for n in os.listdir(received))
+    assert at_cart == sorted(uid for _, uid, _ in orthanc.study_instances(study))
