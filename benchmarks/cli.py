@@ -5,6 +5,8 @@
     lungedge bench scaling --bundles CT_SEG [CT_CLS] --data DIR [DIR ...] [--slices 10 50 100 300] [--out DIR]
     lungedge bench report RESULTS_DIR ... -o BENCHMARKS.md
     lungedge bench qc --data ../shared/data [--xray-bundle B] [--ct-bundle B] [--out DIR]   (benchmarks.qc)
+    lungedge bench dicom-node --xray-bundle B [--xray-lung-bundle B] [--ct-bundle B] [--ct-lesion-bundle B]
+                   --dicom ../shared/data/dicom [--out DIR]
 
 The runtime's CLI hands ``argv`` (starting with "bench") to ``main``. Flags map onto ``bench.BenchConfig``.
 """
@@ -85,6 +87,10 @@ def main(argv=None):
         from lungedge.benchmarks.qc import main as qc_main
 
         return qc_main(argv[1:])
+    if argv and argv[0] == "dicom-node":
+        from lungedge.benchmarks.dicom_node import main as node_main
+
+        return node_main(argv[1:])
     if argv and argv[0] == "report":
         from lungedge.benchmarks.make_benchmarks_md import main as report_main
 

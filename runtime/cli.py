@@ -24,11 +24,14 @@ EXTERNAL_COMMANDS = {
     "bench": "lungedge.benchmarks.cli",
     "demo": "lungedge.benchmarks.demo",
     "serve": "lungedge.runtime.service",
+    "dicom-node": "lungedge.runtime.dicom_node.cli",
 }
 # `lungedge export triton` needs no torch, so it stays on the runtime side (other exports need compress).
 TORCH_FREE_EXPORTS = {"triton": "lungedge.runtime.triton"}
 # Top-level modules that only the compress extra installs.
 COMPRESS_EXTRA_MODULES = ("torch", "torchvision", "torch_pruning", "onnx", "onnxscript", "matplotlib")
+# Top-level modules that only the dicom-node extra installs.
+DICOM_NODE_EXTRA_MODULES = ("pynetdicom", "highdicom")
 BACKEND_CHOICES = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -59,6 +62,10 @@ def run_external(argv):
         missing = (exc.name or "").split(".")[0]
         if missing in COMPRESS_EXTRA_MODULES:
             print(f"lungedge {command} needs the compress extra: pip install 'lungedge[compress]' "
+                  f"({missing} is not installed)", file=sys.stderr)
+            return 2
+        if missing in DICOM_NODE_EXTRA_MODULES:
+            print(f"lungedge {command} needs the dicom-node extra: pip install 'lungedge[dicom-node]' "
                   f"({missing} is not installed)", file=sys.stderr)
             return 2
         if exc.name and module_name.startswith(exc.name):
@@ -94,7 +101,8 @@ def build_parser():
     selftest.add_argument("bundle")
     _add_backend_options(selftest)
     for name, module in EXTERNAL_COMMANDS.items():
-        sub.add_parser(name, help=f"(from {module}; needs the compress extra)", add_help=False)
+        extra = "dicom-node" if name == "dicom-node" else "compress"
+        sub.add_parser(name, help=f"(from {module}; needs the {extra} extra)", add_help=False)
     return parser
 
 

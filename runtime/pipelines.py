@@ -146,11 +146,12 @@ class CtStudyPipeline:
     Slices stream through in batches of ``batch_size``; only per-slice numbers are kept. The classifier gives
     per-slice COVID probabilities aggregated by ``rule`` (see lungedge.runtime.study); the lesion segmenter gives
     lesion areas; the lung area comes from ``lung_segmenter``, else from a HU threshold when the input is in HU,
-    else it is unknown (and so is the severity grade).
+    else it is unknown (and so is the severity grade). With ``keep_masks`` the result also holds ``masks``:
+    {"lesion": (slices, H, W), "lung": (slices, H, W)} uint8 arrays, in slice order (for DICOM SEG output).
     """
 
     def __init__(self, classifier=None, lesion_segmenter=None, lung_segmenter=None, batch_size=8, rule="mean",
-                 rule_params=None, study_threshold=None):
+                 rule_params=None, study_threshold=None, keep_masks=False):
         if classifier is None and lesion_segmenter is None:
             raise BundleError("a CT study needs a classifier bundle, a lesion segmentation bundle, or both")
         _require(classifier, "the classifier", "classification", "ct")
@@ -167,6 +168,7 @@ class CtStudyPipeline:
         if study_threshold is None and classifier is not None and rule != "positive_rate":
             study_threshold = classifier.threshold  # the score is on the slice-probability scale
         self.study_threshold = study_threshold
+        self.keep_masks = bool(keep_masks)
 
     def _slices(self, path_or_volume, meta, source):
         if isinstance(path_or_volume, np.ndarray):
@@ -185,20 +187,28 @@ class CtStudyPipeline:
     def run(self, path_or_volume, meta=None, source=None):
         """Score one study; returns the study result dict (schema in lungedge.runtime.report)."""
         source, slices = self._slices(path_or_volume, meta, source)
-        rows, batch, volume_meta = [], [], None
+        return self.run_slices(slices, source)
+
+    def run_slices(self, slices, source):
+        """Score one study from an iterable of (2-D slice, reader meta) in patient order."""
+        rows, batch, volume_meta, masks = [], [], None, []
         for array, slice_meta in slices:
             volume_meta = volume_meta or slice_meta
             batch.append((array, slice_meta, source))
             if len(batch) == self.batch_size:
-                rows.extend(self._score_batch(batch, len(rows)))
+                rows.extend(self._score_batch(batch, len(rows), masks))
                 batch = []
         if batch:
-            rows.extend(self._score_batch(batch, len(rows)))
+            rows.extend(self._score_batch(batch, len(rows), masks))
         if not rows:
             raise InputError(f"{source.get('file', 'volume')}: no slices")
-        return self._summarise(rows, source, volume_meta)
+        result = self._summarise(rows, source, volume_meta)
+        if self.keep_masks:
+            result["masks"] = {label: np.stack([m[label] for m in masks]).astype(np.uint8)
+                               for label in ("lesion", "lung") if masks and masks[0][label] is not None}
+        return result
 
-    def _score_batch(self, batch, first_index):
+    def _score_batch(self, batch, first_index, masks=None):
         cls = self.classifier.predict_images(batch) if self.classifier is not None else [None] * len(batch)
         lesions = self.lesion_segmenter.predict_images(batch) if self.lesion_segmenter else [None] * len(batch)
         lungs = (self.lung_segmenter.predict_images(batch, check_quality=False) if self.lung_segmenter
@@ -214,6 +224,12 @@ class CtStudyPipeline:
                 row.update(covid_probability=None, lesion_pixels=None, lung_pixels=None, lung_area_source=None,
                            lesion_mm2=None, lung_mm2=None)
                 rows.append(row)
+                if self.keep_masks and masks is not None:  # an empty mask keeps the stack one slice per slice
+                    empty = np.zeros(np.shape(array)[-2:], bool)
+                    has_lung = self.lung_segmenter is not None or (meta.get("unit") == "HU" and
+                                                                   self.lesion_segmenter is not None)
+                    masks.append({"lesion": empty if self.lesion_segmenter is not None else None,
+                                  "lung": empty if has_lung else None})
                 continue
             p = c["probabilities"][self.classifier.positive_label] if c is not None else None
             lesion_mask = lesion["mask"] > 0 if lesion is not None else None
@@ -227,6 +243,8 @@ class CtStudyPipeline:
                 lung_mask = lung_mask | lesion_mask  # dense lesions fall outside the air threshold
             spacing = meta.get("pixel_spacing")
             pixel_mm2 = float(spacing[0]) * float(spacing[1]) if spacing else None
+            if self.keep_masks and masks is not None:
+                masks.append({"lesion": lesion_mask, "lung": lung_mask})
             lesion_px = int(lesion_mask.sum()) if lesion_mask is not None else None
             lung_px = int(lung_mask.sum()) if lung_mask is not None else None
             row.update({"covid_probability": p, "lesion_pixels": lesion_px,

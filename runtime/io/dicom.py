@@ -283,6 +283,16 @@ def _series_headers(folder):
     return [headers[i] for i in order]
 
 
+def series_headers(folder):
+    """[(path, header dataset)] of the CT slices in ``folder`` in patient order (checked to form one series)."""
+    return _series_headers(folder)
+
+
+def series_files(folder):
+    """Paths of the CT slices in ``folder`` in patient order: the order ``iter_dicom_series`` yields them."""
+    return [path for path, _ in _series_headers(folder)]
+
+
 def _slice_spacing(headers):
     keys = [_slice_key(ds, i) for i, (_, ds) in enumerate(headers)]
     if len(keys) > 1 and all(k[0] == 0 for k in keys):
@@ -292,10 +302,13 @@ def _slice_spacing(headers):
     return float(thickness) if thickness else None
 
 
-def iter_dicom_series(folder):
-    """Yield (HU slice, meta) for a folder of CT slices in patient order, reading one file at a time."""
+def iter_dicom_series(folder, headers=None):
+    """Yield (HU slice, meta) for a folder of CT slices in patient order, reading one file at a time.
+
+    ``headers``: the folder's ``series_headers`` when the caller has read them already.
+    """
     with _damaged(os.path.basename(os.path.normpath(str(folder)))):
-        headers = _series_headers(folder)
+        headers = _series_headers(folder) if headers is None else headers
         spacing = _slice_spacing(headers)
     for index, (path, _) in enumerate(headers):
         array, meta = read(path)

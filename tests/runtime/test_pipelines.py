@@ -87,6 +87,19 @@ def test_ct_study_lesion_ratio_and_severity(ct_lesion_bundle):
     assert study["covid_probability"] is None and "mask" not in str(study.keys())
 
 
+def test_ct_study_keeps_its_masks_on_request(ct_lesion_bundle):
+    lesion = Predictor.from_bundle(ct_lesion_bundle, threads=1)
+    volume = ct_phantom(slices=3)
+    study = CtStudyPipeline(lesion_segmenter=lesion, batch_size=2, keep_masks=True).run(volume, meta=HU_META)
+    masks = study["masks"]
+    assert masks["lesion"].shape == masks["lung"].shape == (3, 96, 96) and masks["lesion"].dtype == np.uint8
+    expected = np.zeros((96, 96), bool)
+    expected[30:48, 30:60] = True  # the phantom's lesion block
+    assert all(np.array_equal(m > 0, expected) for m in masks["lesion"])
+    assert [int(m.sum()) for m in masks["lung"]] == [r["lung_pixels"] for r in study["per_slice"]]
+    assert "masks" not in CtStudyPipeline(lesion_segmenter=lesion).run(volume, meta=HU_META)
+
+
 def test_ct_study_severity_grows_with_lesion(ct_lesion_bundle):
     lesion = Predictor.from_bundle(ct_lesion_bundle, threads=1)
     volume = ct_phantom(slices=2, lesion_rows=(15, 81))  # lesion fills 30 of the 66 lung columns on every row
