@@ -286,6 +286,36 @@ def baselines_section(run_dirs):
     return parts
 
 
+def demote_headings(path):
+    """A Markdown file's text with every heading one level under ``##`` sections (``#`` becomes ``##``), and
+    relative links and images re-rooted at the repository (the file's folder is taken as relative to it)."""
+    folder = os.path.dirname(path)
+    out = []
+    in_code = False
+    with open(path, encoding="utf-8") as fh:
+        for line in fh.read().rstrip().splitlines():
+            if line.startswith("```"):
+                in_code = not in_code
+            if not in_code and line.startswith("#"):
+                level = len(line) - len(line.lstrip("#"))
+                line = "#" * max(2, level + 1) + line[level:]
+            elif not in_code and "](" in line and folder:
+                line = _reroot_links(line, folder)
+            out.append(line)
+    return "\n".join(out)
+
+
+def _reroot_links(line, folder):
+    import re
+
+    def fix(m):
+        target = m.group(2)
+        if "://" in target or target.startswith(("/", "#")):
+            return m.group(0)
+        return f"{m.group(1)}({os.path.normpath(os.path.join(folder, target))})"
+    return re.sub(r"(\[[^\]]*\])\(([^)]+)\)", fix, line)
+
+
 def render(results_dirs, out_path, run_dirs=(), includes=()):
     """BENCHMARKS.md text from the results folders (figure links relative to ``out_path``'s folder)."""
     loaded = [(d, R.load_results(d)) for d in results_dirs]
@@ -325,8 +355,7 @@ def render(results_dirs, out_path, run_dirs=(), includes=()):
         rel = os.path.relpath(os.path.abspath(where[id(scaling)]), base)
         parts += [SC.render_markdown(scaling, heading_level=2), f"![CT study scaling]({rel}/scaling.png)", ""]
     for path in includes:
-        with open(path, encoding="utf-8") as fh:
-            parts += [fh.read().rstrip(), ""]
+        parts += [demote_headings(path), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -118,3 +118,14 @@ def test_plain_verdicts_say_what_failed_and_by_how_much():
     assert "unproven FAILED" in lines[1] and "auc changed by -0.004" in lines[1] and "30 test images cannot show it" in lines[1]
     assert "sensitivity" not in lines[1]
     assert "worse FAILED" in lines[2] and "the compressed model is worse" in lines[2] and "Do not deploy" in lines[2]
+
+
+def test_included_reports_are_demoted_and_relinked(tmp_path):
+    folder = tmp_path / "docs" / "qc"
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("# QC\n\ntext ![plot](plot.png) [web](https://x.org/a)\n\n```\n# not a heading\n```\n"
+                                      "### Sub\n", encoding="utf-8")
+    text = MB.demote_headings(str(folder / "report.md"))
+    lines = text.splitlines()
+    assert lines[0] == "## QC" and "#### Sub" in lines and "# not a heading" in lines
+    assert f"![plot]({folder / 'plot.png'})" in text and "(https://x.org/a)" in text
