@@ -131,6 +131,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--recipes", nargs="*", default=list(RECIPES))
     p.add_argument("--report-only", action="store_true", help="do not train; report finished runs")
+    p.add_argument("--attention-limit", type=int, default=120, help="occlusion on at most this many COVID and "
+                   "this many other films per split")
     p.add_argument("--markdown", help="write the Markdown comparison of OUT/screen-report.json (or screen.json) here")
     a = p.parse_args(argv)
     if a.markdown:
@@ -153,7 +155,7 @@ def main(argv=None):
         with open(out_json, encoding="utf-8") as fh:
             results = json.load(fh)
     for name in a.recipes:
-        opts = dict(RECIPES[name])
+        opts = dict(RECIPES.get(name, {}))
         if opts.pop("lung_bundle", False):
             opts["lung_bundle"] = a.lung_bundle
         cfg = TrainConfig(task="xray-cls", data=a.data, arch=a.arch, size=a.size, epochs=a.epochs, patience=5,
@@ -172,7 +174,7 @@ def main(argv=None):
             ds = load_split(a.data, spec, split, cfg.size, crop=crop)
             row[split] = shortcut_report(labels, predict(model, ds), ds.targets, ds.sources, row["threshold"])
             row[split]["attention"] = attention(model, ds, lung_masks(ds, segmenter, crop, cfg.size),
-                                                labels.index("covid"))
+                                                labels.index("covid"), limit=a.attention_limit)
         results[name] = row
         print(name, json.dumps({s: row[s] for s in ("val", "test")}, indent=1))
         with open(out_json, "w", encoding="utf-8") as fh:
