@@ -53,6 +53,13 @@ def artifact_entry(bundle_dir, path, fmt, precision, backend, **extra):
     return entry
 
 
+def runs_on(art, backend):
+    """True when artifact entry ``art`` is for ``backend``; OpenVINO takes the ONNX files made for ONNX Runtime."""
+    if backend == "openvino":
+        return art["backend"] in ("onnxruntime", "openvino") and art.get("format", "onnx") == "onnx"
+    return art["backend"] == backend
+
+
 def validate_manifest(manifest):
     """Raise BundleError naming the first problem in a manifest dict."""
     if not isinstance(manifest, dict):
@@ -132,15 +139,22 @@ class Bundle:
         return os.path.join(self.root, self.manifest["artifacts"][key]["path"])
 
     def find_artifact(self, backend, precision=None):
-        """Key of the artifact for ``backend`` (and ``precision`` if given); the smallest-precision first."""
+        """Key of the artifact for ``backend`` (and ``precision`` if given); the smallest-precision first.
+
+        OpenVINO runs the ONNX artifacts (recorded for "onnxruntime"), so ``backend="openvino"`` finds those.
+        """
         order = {"int8": 0, "fp16": 1, "fp32": 2}
         keys = [k for k, a in self.manifest["artifacts"].items()
-                if a["backend"] == backend and (precision is None or a["precision"] == precision)]
+                if runs_on(a, backend) and (precision is None or a["precision"] == precision)]
         if not keys:
             have = sorted({(a["backend"], a["precision"]) for a in self.manifest["artifacts"].values()})
             raise BundleError(f"bundle has no {backend} artifact"
                               + (f" at {precision}" if precision else "") + f"; it has {have}")
         return sorted(keys, key=lambda k: order.get(self.manifest["artifacts"][k]["precision"], 9))[0]
+
+    def cache_dir(self, kind):
+        """Folder for caches a backend may write (compiled blobs): ``<bundle>/cache/<kind>``, not checksummed."""
+        return os.path.join(self.root, "cache", kind)
 
     @property
     def input_size(self):

@@ -112,12 +112,20 @@ class Predictor:
         return float(m["thresholds"][self.positive_label])
 
     @classmethod
-    def from_bundle(cls, path, backend="onnxruntime", precision=None, threads=None, providers=None, device=0):
-        """Load and verify a bundle (sha256) and open its artifact for ``backend`` (smallest precision first)."""
+    def from_bundle(cls, path, backend="onnxruntime", precision=None, threads=None, providers=None, device=0,
+                    inference_precision="f32"):
+        """Load and verify a bundle (sha256) and open its artifact for ``backend`` (smallest precision first).
+
+        ``inference_precision`` is OpenVINO's compute precision ("f32" or "bf16"), pinned because OpenVINO would
+        otherwise choose BF16 by itself on CPUs that have it; the other backends ignore it.
+        """
         bundle = Bundle.load(path)
         key = bundle.find_artifact(backend, precision)
         if backend == "tensorrt":
             opts = {"entry": bundle.manifest["artifacts"][key], "device": device}
+        elif backend == "openvino":
+            opts = {"threads": threads, "precision": inference_precision,
+                    "cache_dir": bundle.cache_dir("openvino")}
         else:
             opts = {"threads": threads}
             if providers:
@@ -128,8 +136,11 @@ class Predictor:
     def info(self):
         """What ran: bundle name, task, modality, artifact, backend and precision."""
         art = self.manifest["artifacts"][self.artifact_key]
-        return {"name": self.name, "task": self.task, "modality": self.modality, "artifact": self.artifact_key,
+        info = {"name": self.name, "task": self.task, "modality": self.modality, "artifact": self.artifact_key,
                 "backend": art["backend"], "precision": art["precision"]}
+        if getattr(self.backend, "name", None) == "openvino":  # same ONNX file, another runtime
+            info["backend"], info["inference_precision"] = "openvino", self.backend.precision
+        return info
 
     def prepare(self, array, meta, source):
         """Check modality and dimensionality, then run the manifest's preprocessing: ((1, H, W), meta)."""
