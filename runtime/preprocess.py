@@ -34,6 +34,9 @@ def window_ct(array, meta, center=LUNG_WINDOW[0], width=LUNG_WINDOW[1]):
     return _affine_clip01(array, 0.0, 1.0 / float(meta.get("intensity_max", 255.0))), meta
 
 
+_U8_VALUES = np.arange(256, dtype=np.float32)
+
+
 def _u8_histogram(u8):
     return cv2.calcHist([u8], [0], None, [256], [0, 256]).ravel()
 
@@ -162,7 +165,7 @@ def _fused_xray(array, meta, plan):
         lo, hi = _percentiles_from_histogram(hist, a.size, (low_p, high_p))
     if hi - lo < 1e-6:
         return None
-    table = _affine_clip01(np.arange(256, dtype=np.float32), lo, 1.0 / (hi - lo))
+    table = _affine_clip01(_U8_VALUES, lo, 1.0 / (hi - lo))
     unit = cv2.LUT(u8, table)
     h, w = a.shape
     scale = min(out_h / h, out_w / w)
@@ -170,8 +173,11 @@ def _fused_xray(array, meta, plan):
     interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
     resized = cv2.resize(unit, (new_w, new_h), interpolation=interp)
     pad_y, pad_x = (out_h - new_h) // 2, (out_w - new_w) // 2
-    out = np.zeros((1, out_h, out_w), np.float32)
-    out[0, pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
+    if (new_h, new_w) == (out_h, out_w):
+        out = resized.reshape(1, out_h, out_w)
+    else:
+        out = np.zeros((1, out_h, out_w), np.float32)
+        out[0, pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
     np.subtract(out, np.float32(mean), out=out)
     np.divide(out, np.float32(std), out=out)
     meta = dict(meta, letterbox={"scale": scale, "pad_x": pad_x, "pad_y": pad_y, "content_w": new_w,
