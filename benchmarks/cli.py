@@ -1,7 +1,7 @@
 """``lungedge bench``: compressed variants against their baseline; ``bench scaling``; ``bench report``.
 
     lungedge bench --baseline B0 --variants B1 B2 --data DIR --split test [--torch-run RUN_DIR]
-                   [--threads N] [--batch N] [--out DIR]
+                   [--threads N] [--batch N] [--backends auto | onnxruntime openvino-f32 openvino-bf16] [--out DIR]
     lungedge bench scaling --bundles CT_SEG [CT_CLS] --data DIR [DIR ...] [--slices 10 50 100 300] [--out DIR]
     lungedge bench report RESULTS_DIR ... -o BENCHMARKS.md
 
@@ -41,6 +41,9 @@ def bench_parser():
                                                                           "(0 skips memory)")
     p.add_argument("--n-boot", type=int, default=d.n_boot)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--backends", nargs="+", default=["auto"], metavar="BACKEND",
+                   help="CPU backends to time every ONNX artifact on: onnxruntime, openvino-f32, openvino-bf16, "
+                        "or auto (all of them this machine can run)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 when a variant's verdict is FAIL or ERROR")
@@ -54,7 +57,8 @@ def run(argv):
 
     cfg = BenchConfig(threads=a.threads, batch=a.batch, rounds=a.rounds, batch_rounds=a.batch_rounds,
                       warmup=a.warmup, max_seconds=a.max_seconds, settle_ms=a.settle_ms, max_images=a.max_images,
-                      memory_runs=a.memory_runs, n_boot=a.n_boot, seed=a.seed, plots=not a.no_plots)
+                      memory_runs=a.memory_runs, n_boot=a.n_boot, seed=a.seed, plots=not a.no_plots,
+                      backends=tuple(a.backends))
     results = run_bench(baseline=a.baseline, variants=a.variants, data=a.data, split=a.split, torch_run=a.torch_run,
                         out=a.out, progress=not a.no_progress, config=cfg)
     print(terminal_table(results))
