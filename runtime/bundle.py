@@ -32,7 +32,8 @@ TASKS = ("classification", "segmentation")
 MODALITIES = ("xray", "ct")
 REQUIRED = ("schema_version", "name", "task", "modality", "input", "output", "preprocessing", "labels",
             "thresholds", "artifacts", "provenance")
-OPTIONAL = ("positive_label", "golden", "metrics", "description")
+OPTIONAL = ("positive_label", "golden", "metrics", "description", "cpu_default")
+CPU_DEFAULT_BACKENDS = ("onnxruntime", "openvino")
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -96,6 +97,21 @@ def validate_manifest(manifest):
                 raise BundleError(f"artifact {key!r} lacks {field!r}")
         if os.path.isabs(art["path"]) or ".." in art["path"].replace("\\", "/").split("/"):
             raise BundleError(f"artifact {key!r} path {art['path']!r} escapes the bundle")
+    _check_cpu_default(manifest)
+
+
+def _check_cpu_default(manifest):
+    """``cpu_default`` (optional): the measured choice of CPU artifact and backend; it must name what exists."""
+    choice = manifest.get("cpu_default")
+    if choice is None or choice.get("artifact") is None:
+        return  # absent, or recorded as "nothing passed": the runtime then needs an explicit backend
+    if choice["artifact"] not in manifest["artifacts"]:
+        raise BundleError(f"cpu_default names artifact {choice['artifact']!r}, which the manifest does not list")
+    if choice.get("backend") not in CPU_DEFAULT_BACKENDS:
+        raise BundleError(f"cpu_default backend {choice.get('backend')!r} is not one of {CPU_DEFAULT_BACKENDS}")
+    if choice["backend"] == "openvino" and choice.get("inference_precision") not in ("f32", "bf16"):
+        raise BundleError(f"cpu_default on openvino needs inference_precision f32 or bf16, "
+                          f"got {choice.get('inference_precision')!r}")
 
 
 class Bundle:
@@ -151,6 +167,16 @@ class Bundle:
             raise BundleError(f"bundle has no {backend} artifact"
                               + (f" at {precision}" if precision else "") + f"; it has {have}")
         return sorted(keys, key=lambda k: order.get(self.manifest["artifacts"][k]["precision"], 9))[0]
+
+    def cpu_default(self):
+        """(artifact key, backend, inference precision) measured fastest among gate-passing CPU variants.
+
+        BundleError when the manifest records no such choice (older bundles, or nothing passed)."""
+        choice = self.manifest.get("cpu_default") or {}
+        if not choice.get("artifact"):
+            raise BundleError("this bundle records no measured CPU default (cpu_default); choose a backend "
+                              "explicitly (--backend onnxruntime or openvino), or rebuild it with lungedge compress")
+        return choice["artifact"], choice["backend"], choice.get("inference_precision") or "f32"
 
     def cache_dir(self, kind):
         """Folder for caches a backend may write (compiled blobs): ``<bundle>/cache/<kind>``, not checksummed."""

@@ -28,7 +28,7 @@ EXTERNAL_COMMANDS = {
 TORCH_FREE_EXPORTS = {"triton": "lungedge.runtime.triton"}
 # Top-level modules that only the compress extra installs.
 COMPRESS_EXTRA_MODULES = ("torch", "torchvision", "torch_pruning", "onnx", "onnxscript", "matplotlib")
-BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt")
+BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt", "auto")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 log = logging.getLogger("lungedge")
@@ -69,7 +69,8 @@ def run_external(argv):
 
 
 def _add_backend_options(parser):
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="onnxruntime")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="onnxruntime",
+                        help="auto: the bundle's measured CPU default (manifest cpu_default)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="artifact precision (default: the smallest the bundle has for the backend)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (ONNX Runtime intra-op, OpenVINO)")

@@ -117,10 +117,17 @@ class Predictor:
         """Load and verify a bundle (sha256) and open its artifact for ``backend`` (smallest precision first).
 
         ``inference_precision`` is OpenVINO's compute precision ("f32" or "bf16"), pinned because OpenVINO would
-        otherwise choose BF16 by itself on CPUs that have it; the other backends ignore it.
+        otherwise choose BF16 by itself on CPUs that have it; the other backends ignore it. ``backend="auto"``
+        opens the manifest's ``cpu_default`` (artifact, backend and precision chosen by measured latency).
         """
         bundle = Bundle.load(path)
-        key = bundle.find_artifact(backend, precision)
+        if backend == "auto":  # the bundle's measured choice; its backend missing here is an error, not a swap
+            key, backend, inference_precision = bundle.cpu_default()
+            if precision is not None and bundle.manifest["artifacts"][key]["precision"] != precision:
+                raise BundleError(f"the bundle's measured CPU default is {key}, not a {precision} artifact; "
+                                  "leave out the precision or choose the backend explicitly")
+        else:
+            key = bundle.find_artifact(backend, precision)
         if backend == "tensorrt":
             opts = {"entry": bundle.manifest["artifacts"][key], "device": device}
         elif backend == "openvino":

@@ -36,7 +36,10 @@ def run_selftest(bundle_dir, backend="onnxruntime", precision=None, threads=None
     """
     bundle = Bundle.load(bundle_dir)
     inputs, expected, tolerances = load_golden(bundle)
-    key = bundle.find_artifact(backend, precision)
+    if backend == "auto":
+        key, backend, inference_precision = bundle.cpu_default()
+    else:
+        key = bundle.find_artifact(backend, precision)
     entry = bundle.manifest["artifacts"][key]
     if entry["precision"] not in tolerances:
         raise BundleError(f"golden tolerances {sorted(tolerances)} have none for precision {entry['precision']!r}")
