@@ -107,3 +107,10 @@ def test_fused_equals_stepwise_on_real_xrays(xray_cls_dir):
         array, meta = read_any(f)
         for size in (128, 224):
             _assert_same(array, P.xray_steps(size), meta)
+
+
+@pytest.mark.parametrize("row", [[0.3, -1.2, 0.8], [1000.0, -1000.0], [5.0] * 7, [-3.5, 12.25, 0.0, 1e-3]])
+def test_plain_python_softmax_equals_numpy(row):
+    from lungedge.runtime.predictor import softmax, softmax_list
+
+    np.testing.assert_allclose(softmax_list(row), softmax(np.asarray(row, np.float64)), rtol=0, atol=1e-15)
