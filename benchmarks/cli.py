@@ -3,6 +3,7 @@
     lungedge bench --baseline B0 --variants B1 B2 --data DIR --split test [--torch-run RUN_DIR]
                    [--threads N] [--batch N] [--backends auto | onnxruntime openvino-f32 openvino-bf16] [--out DIR]
     lungedge bench scaling --bundles CT_SEG [CT_CLS] --data DIR [DIR ...] [--slices 10 50 100 300] [--out DIR]
+    lungedge bench throughput --bundle B --data DIR [--batch 1 8] [--workers 1 2] [--out DIR]
     lungedge bench report RESULTS_DIR ... -o BENCHMARKS.md
 
 The runtime's CLI hands ``argv`` (starting with "bench") to ``main``. Flags map onto ``bench.BenchConfig``.
@@ -76,6 +77,10 @@ def main(argv=None):
         from lungedge.benchmarks.scaling import main as scaling_main
 
         return scaling_main(argv[1:])
+    if argv and argv[0] == "throughput":
+        from lungedge.benchmarks.throughput import main as throughput_main
+
+        return throughput_main(argv[1:])
     if argv and argv[0] == "report":
         from lungedge.benchmarks.make_benchmarks_md import main as report_main
 

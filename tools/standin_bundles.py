@@ -4,7 +4,8 @@
 
 Writes training-run folders holding untrained registry models (DenseNet-121 baseline, student_m) and exports them:
 ``<out>/xray-cls-densenet121-baseline`` (FP32 ONNX) and ``<out>/xray-cls-student_m`` (FP32 + ONNX Runtime QDQ
-INT8 calibrated on 32 real train images through the runtime's preprocessing). Latency and memory do not depend on
+INT8 calibrated on 32 real train images through the runtime's preprocessing, and a golden file so that
+``lungedge selftest`` and the bedside service accept it). Latency and memory do not depend on
 the weights' values, so these time like the real models of the same shape (the real compressed student is also
 pruned, so it is smaller and faster than this unpruned one); accuracy numbers from them mean nothing.
 """
@@ -36,6 +37,26 @@ def make_run(out_dir, task_name, arch, size, data_dir, seed=0):
     return out_dir
 
 
+def add_golden(bundle_dir, tensors):
+    """golden.npz from the FP32 artifact on ONNX Runtime (what ``lungedge selftest`` and the service check)."""
+    import numpy as np
+
+    from lungedge.runtime.backends import create_backend
+    from lungedge.runtime.bundle import Bundle, artifact_entry, write_manifest
+
+    bundle = Bundle.load(bundle_dir)
+    inputs = np.stack(tensors).astype(np.float32)
+    with create_backend("onnxruntime", bundle.path_of("onnx-fp32"), threads=1) as backend:
+        outputs = backend.run(inputs)
+    np.savez_compressed(os.path.join(bundle_dir, "golden.npz"), inputs=inputs, outputs=outputs)
+    entry = artifact_entry(bundle_dir, "golden.npz", "npz", "fp32", "none")
+    scale = max(1.0, float(np.abs(outputs).max()))
+    manifest = dict(bundle.manifest, golden={"path": "golden.npz", "sha256": entry["sha256"],
+                                             "tolerances": {"fp32": 1e-2 * scale, "fp16": 5e-2 * scale,
+                                                            "int8": 0.5 * scale}})
+    write_manifest(bundle_dir, manifest)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
@@ -61,7 +82,9 @@ def main(argv=None):
                                      use_compress=False)
     steps = Bundle.load(student).manifest["preprocessing"]
     records = select(read_manifest_csv(a.data), split="train")[:32]
-    add_int8_artifact(student, [preprocess(*read_any(r.image), steps)[0] for r in records])
+    tensors = [preprocess(*read_any(r.image), steps)[0] for r in records]
+    add_int8_artifact(student, tensors)
+    add_golden(student, tensors[:4])
     print(json.dumps({"baseline_run": base_run, "baseline_bundle": base, "student_bundle": student}))
     return 0
 
