@@ -2,7 +2,7 @@
 
 Studies of 10, 50, 100 and 300 slices are assembled from the real CT PNGs of the dev pack (cycled when there
 are fewer), and each size runs in a fresh subprocess (so its ``VmHWM`` is that study's peak), ``repeats`` times
-after a warm-up study, through the runtime's ``CtStudyPipeline`` (classifier and/or lesion segmenter, slices
+after a warm-up of two full batches (the steady state of a process that has served a study), through the runtime's ``CtStudyPipeline`` (classifier and/or lesion segmenter, slices
 in batches). The fit is least squares of the median latency on the slice count:
 ``latency = intercept + per_slice * slices``.
 
@@ -124,10 +124,14 @@ def child(spec):
     def read_volume(paths):
         return np.stack([cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in paths]).astype(np.float32)
 
-    # Warm-up on one full batch: sessions, caches and the allocator's arena reach their batch-size steady state,
-    # so what the studies add on top is what grows with the study (a short study's smaller last batch would
-    # otherwise look cheaper than a long one's full batches).
-    run_study(read_volume([files[i % len(files)] for i in range(spec["batch"])]), meta)
+    # Warm-up on two full batches, from the same source as the studies: ONNX Runtime plans its memory on the
+    # first run of a shape and allocates that plan on the second, so only then are sessions, caches and arenas
+    # at the steady state of a process that has served a study. What the studies add on top of that is what
+    # grows with the study; without it a 10-slice study (one batch) would look cheaper than any longer one.
+    if spec.get("warmup_series"):
+        pipeline.run(spec["warmup_series"])
+    else:
+        run_study(read_volume([files[i % len(files)] for i in range(2 * spec["batch"])]), meta)
     before_studies_kb = peak_rss_kb()
     read_s, pipeline_s, positive = [], [], None
     series = spec.get("series")
@@ -218,11 +222,15 @@ def _run_scaling(segmenter, classifier, data_dirs, slices, repeats, batch, threa
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="CT study scaling", unit="size")
+    warmup = None
+    if source == "dicom":
+        warmup = write_dicom_series(slice_files(data_dirs, 2 * batch), os.path.join(work_dir, "warmup"), dicom_size)
     for n in steps:
         spec = {"segmenter": segmenter, "classifier": classifier, "backend": backend, "threads": threads,
                 "batch": batch, "repeats": repeats, "files": [os.path.abspath(f) for f in slice_files(data_dirs, n)]}
         if source == "dicom":
             spec["series"] = write_dicom_series(spec["files"], os.path.join(work_dir, f"series-{n}"), dicom_size)
+            spec["warmup_series"] = warmup
         cmd = [sys.executable, "-m", "lungedge.benchmarks.scaling", "--child", json.dumps(spec)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -244,6 +252,8 @@ def _run_scaling(segmenter, classifier, data_dirs, slices, repeats, batch, threa
                        "ms_per_slice": 1000.0 * median / n, "how": r["how"], "torch_loaded": r["torch_loaded"]})
         if source == "dicom":
             shutil.rmtree(spec["series"], ignore_errors=True)
+    if warmup:
+        shutil.rmtree(warmup, ignore_errors=True)
     ok = [p for p in points if "error" not in p]
     fit = fit_linear([p["slices"] for p in ok], [p["latency_s"]["median"] for p in ok])
     at_target = next((p for p in ok if p["slices"] == TARGET_SLICES), None)
