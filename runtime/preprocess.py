@@ -153,6 +153,8 @@ def _fused_xray(array, meta, plan):
     a = array
     if a.ndim != 2 or a.dtype != np.float32 or not a.size:
         return None
+    if not a.flags.c_contiguous:  # OpenCV needs positive, dense strides (views such as a[::-1] have neither)
+        a = np.ascontiguousarray(a)
     u8 = cv2.convertScaleAbs(a)  # rounds and saturates, without numpy's cast warnings for NaN
     if not np.array_equal(u8, a):  # so false for NaN, negatives, >255 and fractions
         return None

@@ -52,6 +52,12 @@ def test_fused_equals_stepwise_on_8bit_images(shape, size, pct, norm, seed):
     _assert_same(img, _steps(size, *pct, *norm))
 
 
+@pytest.mark.parametrize("view", [lambda a: a[::-1], lambda a: a[:, ::-2], lambda a: a.T, lambda a: a[3:50, 7:]])
+def test_fused_accepts_views(view):
+    img = view(np.random.default_rng(4).integers(0, 256, (64, 96)).astype(np.float32))
+    _assert_same(img, _steps((32, 32)))
+
+
 def test_fused_keeps_defaults_of_omitted_parameters():
     img = np.random.default_rng(3).integers(0, 256, (90, 70)).astype(np.float32)
     _assert_same(img, [{"op": "scale_to_unit"}, {"op": "letterbox"}, {"op": "standardize"}])
