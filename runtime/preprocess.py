@@ -7,6 +7,7 @@ steps by name with their parameters; ``STEPS`` maps each name to its function. T
 ``preprocess``, feeds training, calibration, the benchmark and the bedside runtime, so they cannot drift.
 """
 
+import functools
 import math
 
 import cv2
@@ -41,17 +42,24 @@ def _u8_histogram(u8):
     return cv2.calcHist([u8], [0], None, [256], [0, 256]).ravel()
 
 
-def _percentiles_from_histogram(hist, size, qs):
-    """``np.percentile`` (linear method) of ``size`` integer values 0..255 whose histogram is ``hist``."""
-    positions = [float(q) / 100.0 * (size - 1) for q in qs]
-    ranks = []
-    for pos in positions:
+@functools.lru_cache(maxsize=64)
+def _rank_plan(size, qs):
+    """For ``np.percentile``'s linear method: the two sorted ranks around each percentile and the weight between."""
+    ranks, fractions = [], []
+    for q in qs:
+        pos = float(q) / 100.0 * (size - 1)
         below = math.floor(pos)
         ranks += [below, min(below + 1, size - 1)]
+        fractions.append(pos - below)
+    return np.asarray(ranks, np.float64), tuple(fractions)
+
+
+def _percentiles_from_histogram(hist, size, qs):
+    """``np.percentile`` (linear method) of ``size`` integer values 0..255 whose histogram is ``hist``."""
+    ranks, fractions = _rank_plan(int(size), tuple(float(q) for q in qs))
     # The value at sorted rank r is the first bin whose running count exceeds r.
-    v = np.searchsorted(np.cumsum(hist), ranks, side="right").tolist()
-    return tuple(float(v[2 * i]) + float(v[2 * i + 1] - v[2 * i]) * (pos - math.floor(pos))
-                 for i, pos in enumerate(positions))
+    v = np.cumsum(hist).searchsorted(ranks, side="right").tolist()
+    return tuple(float(v[2 * i]) + float(v[2 * i + 1] - v[2 * i]) * f for i, f in enumerate(fractions))
 
 
 def percentiles(a, qs):
