@@ -4,7 +4,7 @@
 
 Writes training-run folders holding untrained registry models (DenseNet-121 baseline, student_m) and exports them:
 ``<out>/xray-cls-densenet121-baseline`` (FP32 ONNX) and ``<out>/xray-cls-student_m`` (FP32 + ONNX Runtime QDQ
-INT8 calibrated on 32 real train images through the runtime's preprocessing, and a golden file so that
+INT8 from the compress side's quantizer, calibrated on 32 real train images through the runtime's preprocessing, and a golden file so that
 ``lungedge selftest`` and the bedside service accept it). Latency and memory do not depend on
 the weights' values, so these time like the real models of the same shape (the real compressed student is also
 pruned, so it is smaller and faster than this unpruned one); accuracy numbers from them mean nothing.
@@ -37,6 +37,24 @@ def make_run(out_dir, task_name, arch, size, data_dir, seed=0):
     return out_dir
 
 
+def add_int8(bundle_dir, records, steps):
+    """INT8 QDQ artifact from the compress side's own quantizer (ORT CPU flavour, minmax, per channel) on real
+    train images: the same pre-processing and QDQ rules as ``lungedge compress``, without its accuracy gate."""
+    from lungedge.compress.calibration import CalibrationReader
+    from lungedge.compress.quantize import QuantConfig, quantize_onnx
+    from lungedge.runtime.bundle import Bundle, artifact_entry, write_manifest
+
+    bundle = Bundle.load(bundle_dir)
+    reader = CalibrationReader(records, steps, input_name=bundle.manifest["input"]["name"], batch_size=8)
+    out = os.path.join(bundle_dir, "model.int8.onnx")
+    report = quantize_onnx(bundle.path_of("onnx-fp32"), out, reader, QuantConfig(num_images=len(records)))
+    artifacts = dict(bundle.manifest["artifacts"])
+    artifacts["onnx-int8"] = artifact_entry(bundle_dir, "model.int8.onnx", "onnx", "int8", "onnxruntime",
+                                            flavour="ort_cpu")
+    write_manifest(bundle_dir, dict(bundle.manifest, artifacts=artifacts,
+                                    provenance=dict(bundle.manifest["provenance"], calibration=report["calibration"])))
+
+
 def add_golden(bundle_dir, tensors):
     """golden.npz from the FP32 artifact on ONNX Runtime (what ``lungedge selftest`` and the service check)."""
     import numpy as np
@@ -67,7 +85,7 @@ def main(argv=None):
     p.add_argument("--student-arch", default="student_m")
     a = p.parse_args(argv)
 
-    from lungedge.benchmarks.bundles import add_int8_artifact, export_baseline_bundle
+    from lungedge.benchmarks.bundles import export_baseline_bundle
     from lungedge.runtime.bundle import Bundle
     from lungedge.runtime.datasets import read_manifest_csv, select
     from lungedge.runtime.io import read_any
@@ -83,7 +101,7 @@ def main(argv=None):
     steps = Bundle.load(student).manifest["preprocessing"]
     records = select(read_manifest_csv(a.data), split="train")[:32]
     tensors = [preprocess(*read_any(r.image), steps)[0] for r in records]
-    add_int8_artifact(student, tensors)
+    add_int8(student, records, steps)
     add_golden(student, tensors[:4])
     print(json.dumps({"baseline_run": base_run, "baseline_bundle": base, "student_bundle": student}))
     return 0
