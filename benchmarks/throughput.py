@@ -192,9 +192,22 @@ def run_service(bundle, files, workers, threads, work):
                 p.kill()
 
 
+def _measure(mode, bundle, files, batch, w, threads):
+    work = tempfile.mkdtemp(prefix="lungedge-throughput-")
+    try:
+        if mode == "infer":
+            return run_infer(bundle, files, w, threads, work)
+        if mode == "batch":
+            return run_batch(bundle, files, w, threads, batch)
+        return run_service(bundle, files, w, threads, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def run_throughput(bundle, data, images=200, batches=(1, 8), workers=(1, 2), threads=1, modes=MODES, out=None,
-                   progress=True):
-    """Every (mode, batch, workers) point over the same ``images`` files; returns the results dict."""
+                   progress=True, repeats=3):
+    """Every (mode, batch, workers) point over the same ``images`` files, ``repeats`` times in rotation (so a
+    burst of load from other processes hits every point alike); each point reports its median run."""
     from lungedge.benchmarks.environment import describe
     from lungedge.runtime.bundle import Bundle
 
@@ -202,32 +215,38 @@ def run_throughput(bundle, data, images=200, batches=(1, 8), workers=(1, 2), thr
     bundle = os.path.abspath(bundle)
     manifest = Bundle.load(bundle).manifest
     plan = [(m, b, w) for m in modes for w in workers for b in (batches if m == "batch" else (1,))]
+    runs = {key: [] for key in plan}
+    errors = {}
+    for _ in range(max(1, int(repeats))):
+        for key in plan:
+            if key in errors:
+                continue
+            try:
+                runs[key].append(_measure(key[0], bundle, files, key[1], key[2], threads))
+            except RuntimeError as exc:
+                errors[key] = str(exc)
     points = []
-    for mode, batch, w in plan:
-        work = tempfile.mkdtemp(prefix="lungedge-throughput-")
-        try:
-            if mode == "infer":
-                wall, cpu = run_infer(bundle, files, w, threads, work)
-            elif mode == "batch":
-                wall, cpu = run_batch(bundle, files, w, threads, batch)
-            else:
-                wall, cpu = run_service(bundle, files, w, threads, work)
-            point = {"mode": mode, "batch": batch, "workers": w, "images": len(files), "wall_s": wall,
-                     "cpu_s": cpu, "images_per_s": len(files) / wall, "cpu_s_per_1000": 1000.0 * cpu / len(files)}
-        except RuntimeError as exc:
-            point = {"mode": mode, "batch": batch, "workers": w, "images": len(files), "error": str(exc)}
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    for (mode, batch, w) in plan:
+        point = {"mode": mode, "batch": batch, "workers": w, "images": len(files)}
+        if (mode, batch, w) in errors:
+            point["error"] = errors[(mode, batch, w)]
+        else:
+            walls = sorted(runs[(mode, batch, w)])
+            wall, cpu = sorted(runs[(mode, batch, w)])[len(walls) // 2]  # the median run by wall time
+            point.update(wall_s=wall, cpu_s=cpu, images_per_s=len(files) / wall,
+                         cpu_s_per_1000=1000.0 * cpu / len(files), runs=len(walls),
+                         wall_s_all=[r[0] for r in walls])
         points.append(point)
         if progress:
             print(json.dumps(point), file=sys.stderr)
     results = {"schema": SCHEMA, "kind": "throughput",
                "created": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
                "bundle": {"path": bundle, "name": manifest["name"]}, "data": os.path.abspath(data),
-               "threads_per_worker": threads, "points": points,
+               "threads_per_worker": threads, "repeats": repeats, "points": points,
                "command": " ".join(["lungedge", "bench", "throughput", "--bundle", bundle, "--data", data,
                                     "--images", str(images), "--batch", *map(str, batches), "--workers",
-                                    *map(str, workers), "--threads", str(threads), "--modes", *modes]
+                                    *map(str, workers), "--threads", str(threads), "--repeats", str(repeats),
+                                    "--modes", *modes]
                                    + (["--out", out] if out else [])),
                "environment": describe(threads * max(workers))}
     if out:
@@ -249,7 +268,9 @@ def render_markdown(results):
     return "\n".join([
         "# Throughput", "",
         f"Bundle {results['bundle']['name']} over {results['points'][0]['images']} real images; "
-        f"{results['threads_per_worker']} model thread(s) per worker; CPU: {env.get('cpu_model', env.get('cpu'))}.",
+        f"{results['threads_per_worker']} model thread(s) per worker; median of {results.get('repeats', 1)} runs per "
+        f"point, points in rotation; CPU: {env.get('cpu_model', env.get('cpu'))} ({env.get('logical_cpus')} logical "
+        "CPUs, shared with other processes).",
         "", "```", results["command"], "```", "",
         md_table(["mode", "batch", "workers", "images/s", "wall s", "CPU s", "CPU s / 1000 images"], rows), "",
         "infer: the shipped CLI (process start and model load included, outputs written); batch: runtime "
@@ -276,6 +297,7 @@ def main(argv=None):
     p.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     p.add_argument("--threads", type=int, default=1, help="model threads per worker")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--repeats", type=int, default=3, help="runs per point (median reported)")
     p.add_argument("--out")
     a = p.parse_args(argv)
     if a.child:
@@ -284,7 +306,8 @@ def main(argv=None):
         return 0
     if not a.bundle or not a.data:
         p.error("--bundle and --data are required")
-    results = run_throughput(a.bundle, a.data, a.images, a.batch, a.workers, a.threads, a.modes, a.out)
+    results = run_throughput(a.bundle, a.data, a.images, a.batch, a.workers, a.threads, a.modes, a.out,
+                             repeats=a.repeats)
     print(render_markdown(results))
     return 0
 

@@ -37,7 +37,7 @@ def _check(results, expected):
 def test_every_mode_once(bundle, xray_cls_dir, tmp_path):
     out = str(tmp_path / "out")
     results = T.run_throughput(bundle, xray_cls_dir, images=4, batches=(2,), workers=(1,), threads=1, out=out,
-                               progress=False)
+                               progress=False, repeats=1)
     _check(results, [("infer", 1, 1), ("batch", 2, 1), ("service", 1, 1)])
     text = open(os.path.join(out, "report.md"), encoding="utf-8").read()
     assert "CPU s / 1000 images" in text and "lungedge bench throughput" in text
@@ -48,12 +48,13 @@ def test_failures_are_reported_not_hidden(tmp_path, xray_cls_dir, bundle):
     broken = str(tmp_path / "not-a-bundle")
     os.makedirs(broken)
     with pytest.raises(Exception, match="not a bundle"):
-        T.run_throughput(broken, xray_cls_dir, images=2, modes=("batch",), progress=False)
+        T.run_throughput(broken, xray_cls_dir, images=2, modes=("batch",), progress=False, repeats=1)
 
 
 @pytest.mark.slow
 def test_two_workers(bundle, xray_cls_dir):
     results = T.run_throughput(bundle, xray_cls_dir, images=8, batches=(1, 4), workers=(1, 2), threads=1,
-                               progress=False)
+                               progress=False, repeats=2)
+    assert all(p["runs"] == 2 and len(p["wall_s_all"]) == 2 for p in results["points"])
     _check(results, [("infer", 1, 1), ("infer", 1, 2), ("batch", 1, 1), ("batch", 4, 1), ("batch", 1, 2),
                      ("batch", 4, 2), ("service", 1, 1), ("service", 1, 2)])
