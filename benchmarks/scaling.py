@@ -222,6 +222,7 @@ def _run_scaling(segmenter, classifier, data_dirs, slices, repeats, batch, threa
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="CT study scaling", unit="size")
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     warmup = None
     if source == "dicom":
         warmup = write_dicom_series(slice_files(data_dirs, 2 * batch), os.path.join(work_dir, "warmup"), dicom_size)
@@ -266,6 +267,7 @@ def _run_scaling(segmenter, classifier, data_dirs, slices, repeats, batch, threa
         "data_dirs": [os.path.abspath(d) for d in data_dirs], "points": points, "fit": fit,
         "source": source, "dicom_size": dicom_size if source == "dicom" else None,
         "rss_flatness": rss_flatness(points),
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "target_slices": TARGET_SLICES, "target_s": TARGET_S,
         "target_latency_s": at_target["latency_s"]["median"] if at_target else None,
         "meets_target": (at_target["latency_s"]["median"] < TARGET_S) if at_target else None,
@@ -323,7 +325,9 @@ def render_markdown(results, heading_level=1):
     lines = [f"{h} CT study scaling", "",
              f"Bundles: {results['bundles']}; {results['backend']}, {results['threads']} threads, slices in batches of "
              f"{results['batch']}, median of {results['repeats']} studies after a warm-up; one process per study size; "
-             f"{how}.",
+             f"{how}." + (f" Load average {results['loadavg_before'][0]:.2f} before, {results['loadavg_after'][0]:.2f} "
+                          f"after (other processes share these {results['environment'].get('logical_cpus')} CPUs)."
+                          if results.get("loadavg_before") else ""),
              "", "```", results["command"], "```", "",
              md_table(["slices", "latency s (median)", "min - max", "read s", "pipeline s", "ms / slice",
                        "peak RSS MB"], rows), "", flat_line, "",
