@@ -103,6 +103,8 @@ def validate_manifest(manifest):
 def _check_cpu_default(manifest):
     """``cpu_default`` (optional): the measured choice of CPU artifact and backend; it must name what exists."""
     choice = manifest.get("cpu_default")
+    if choice is not None and not isinstance(choice, dict):
+        raise BundleError("cpu_default must be an object (artifact, backend, inference_precision, ...)")
     if choice is None or choice.get("artifact") is None:
         return  # absent, or recorded as "nothing passed": the runtime then needs an explicit backend
     if choice["artifact"] not in manifest["artifacts"]:

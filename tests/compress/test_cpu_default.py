@@ -118,6 +118,7 @@ def test_runtime_opens_the_recorded_choice(setup):
     ({"artifact": "onnx-int8", "backend": "onnxruntime"}, "does not list"),
     ({"artifact": "onnx-fp32", "backend": "tensorrt"}, "is not one of"),
     ({"artifact": "onnx-fp32", "backend": "openvino", "inference_precision": "fp16"}, "f32 or bf16"),
+    ("onnx-fp32", "must be an object"),
 ])
 def test_bad_cpu_default_is_a_bundle_error(setup, choice, match):
     manifest = dict(setup["manifest"], cpu_default=choice)
