@@ -362,7 +362,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt", "auto"],
+                   help="auto: each bundle's measured CPU default (manifest cpu_default)")
     p.add_argument("--source", default="dicom", choices=SOURCES,
                    help="dicom: write each study as a DICOM series and stream it from disk (default); "
                         "png: read the PNGs into an in-memory volume first")
