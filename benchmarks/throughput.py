@@ -64,15 +64,25 @@ def _proc_cpu(pid):
 
 
 def _run_procs(cmds, env=None):
-    """Start every command, wait for all; returns wall seconds and children CPU seconds."""
-    cpu0, t0 = _children_cpu(), time.perf_counter()
-    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for c in cmds]
-    errors = []
-    for p in procs:
-        _, err = p.communicate()
-        if p.returncode != 0:
-            errors.append(f"exit {p.returncode}: {err.decode(errors='replace').strip().splitlines()[-1:]}")
-    wall = time.perf_counter() - t0
+    """Start every command, wait for all; returns wall seconds and children CPU seconds.
+
+    Their stderr goes to temporary files, not pipes: a pipe read only after the first worker ends would block
+    the second one once full (progress bars, logs) and serialise the workers."""
+    logs = [tempfile.TemporaryFile() for _ in cmds]
+    try:
+        cpu0, t0 = _children_cpu(), time.perf_counter()
+        procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=log, env=env) for c, log in zip(cmds, logs)]
+        for p in procs:
+            p.wait()
+        wall = time.perf_counter() - t0
+        errors = []
+        for p, log in zip(procs, logs):
+            if p.returncode != 0:
+                log.seek(0)
+                errors.append(f"exit {p.returncode}: {log.read().decode(errors='replace').strip().splitlines()[-1:]}")
+    finally:
+        for log in logs:
+            log.close()
     if errors:
         raise RuntimeError("; ".join(errors))
     return wall, _children_cpu() - cpu0
@@ -126,12 +136,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _wait_healthy(port, proc, timeout=300):
+def _wait_healthy(port, proc, log_path, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode}: "
-                               f"{proc.stderr.read().decode(errors='replace')[-300:]}")
+            with open(log_path, "rb") as fh:
+                tail = fh.read().decode(errors="replace")[-300:]
+            raise RuntimeError(f"service exited with {proc.returncode}: {tail}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 if r.status == 200:
@@ -142,7 +153,7 @@ def _wait_healthy(port, proc, timeout=300):
 
 
 def run_service(bundle, files, workers, threads, work):
-    procs, ports = [], []
+    procs, ports, logs = [], [], []
     try:
         for w in range(workers):
             port = _free_port()
@@ -152,10 +163,13 @@ def run_service(bundle, files, workers, threads, work):
             cmd = [sys.executable, "-m", "lungedge.runtime.service", "--bundle", bundle, "--watch",
                    os.path.join(folder, "watch"), "--out", os.path.join(folder, "out"), "--threads", str(threads),
                    "--http-port", str(port), "--poll-seconds", "5"]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(threads)))
+            # Its log goes to a file: a pipe nobody reads fills up after a few hundred requests and blocks it.
+            log_file = open(os.path.join(folder, "service.log"), "wb")  # noqa: SIM115 - closed in finally
+            logs.append(log_file)
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, env=_env(threads)))
             ports.append(port)
-        for port, proc in zip(ports, procs):
-            _wait_healthy(port, proc)
+        for port, proc, log_file in zip(ports, procs, logs):
+            _wait_healthy(port, proc, log_file.name)
         cpu0 = [_proc_cpu(p.pid) for p in procs]
         errors = []
 
@@ -190,6 +204,8 @@ def run_service(bundle, files, workers, threads, work):
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        for log_file in logs:
+            log_file.close()
 
 
 def _measure(mode, bundle, files, batch, w, threads):
