@@ -231,6 +231,7 @@ def run_throughput(bundle, data, images=200, batches=(1, 8), workers=(1, 2), thr
     bundle = os.path.abspath(bundle)
     manifest = Bundle.load(bundle).manifest
     plan = [(m, b, w) for m in modes for w in workers for b in (batches if m == "batch" else (1,))]
+    load_before = os.getloadavg()
     runs = {key: [] for key in plan}
     errors = {}
     for _ in range(max(1, int(repeats))):
@@ -259,6 +260,7 @@ def run_throughput(bundle, data, images=200, batches=(1, 8), workers=(1, 2), thr
                "created": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
                "bundle": {"path": bundle, "name": manifest["name"]}, "data": os.path.abspath(data),
                "threads_per_worker": threads, "repeats": repeats, "points": points,
+               "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                "command": " ".join(["lungedge", "bench", "throughput", "--bundle", bundle, "--data", data,
                                     "--images", str(images), "--batch", *map(str, batches), "--workers",
                                     *map(str, workers), "--threads", str(threads), "--repeats", str(repeats),
@@ -286,7 +288,9 @@ def render_markdown(results):
         f"Bundle {results['bundle']['name']} over {results['points'][0]['images']} real images; "
         f"{results['threads_per_worker']} model thread(s) per worker; median of {results.get('repeats', 1)} runs per "
         f"point, points in rotation; CPU: {env.get('cpu_model', env.get('cpu'))} ({env.get('logical_cpus')} logical "
-        "CPUs, shared with other processes).",
+        "CPUs, shared with other processes)" + (f"; load average {results['loadavg_before'][0]:.2f} before, "
+                                                 f"{results['loadavg_after'][0]:.2f} after."
+                                                 if results.get("loadavg_before") else "."),
         "", "```", results["command"], "```", "",
         md_table(["mode", "batch", "workers", "images/s", "wall s", "CPU s", "CPU s / 1000 images"], rows), "",
         "infer: the shipped CLI (process start and model load included, outputs written); batch: runtime "
