@@ -18,11 +18,16 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/lungedge demo
 
-# shellcheck lints jetson/*.sh in the tests; installed from Debian's packages when missing and apt is usable.
+# Debian tools the tests use, installed when missing and apt is usable: shellcheck lints jetson/*.sh; dcmtk
+# (storescu/echoscu, the sending cart), orthanc (the receiving PACS) and dicom3tools (dciodvfy) test the DICOM node.
+TOOLS := shellcheck:shellcheck storescu:dcmtk echoscu:dcmtk Orthanc:orthanc dciodvfy:dicom3tools openssl:openssl
 tools:
-	@command -v shellcheck >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-	  (apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null); } || \
-	  echo "shellcheck not installed: its tests skip (and fail under CI=true)"
+	@missing=""; for t in $(TOOLS); do command -v "$${t%%:*}" >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	     $$(echo $$missing | tr ' ' '\n' | sort -u) >/dev/null); } || \
+	  echo "not installed:$$missing: their tests skip (and fail under CI=true)"; fi
 
 test: setup tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -74,6 +74,17 @@ def score_classification(labels, positive, val_idx, val_probs, test_idx, test_pr
     return out
 
 
+def score_classification_at(labels, positive, test_idx, test_probs, threshold):
+    """Binary report of the positive label at a given (shipped) threshold: external evaluation, nothing refitted."""
+    pos = labels.index(positive)
+    y_test = (np.asarray(test_idx) == pos).astype(int)
+    out = {"threshold": float(threshold), "threshold_rule": "bundle", "positive_label": positive, "val": None,
+           "test": _safe(M.classification_report, y_test, test_probs[:, pos], float(threshold))}
+    if len(labels) > 2:
+        out["per_class"] = _safe(M.per_class_report, test_idx, test_probs, labels)
+    return out
+
+
 def _summary(values):
     arr = np.asarray(values, np.float64)
     finite = bool(np.isfinite(arr).all())

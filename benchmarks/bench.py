@@ -36,6 +36,8 @@ from lungedge.benchmarks.tegrastats import TegrastatsSampler, energy_per_image, 
 from lungedge.runtime.errors import BundleError
 
 SCHEMA = "lungedge.bench/1"
+THRESHOLD_SOURCES = ("val", "bundle")
+FORBIDDEN_SUBGROUPS = {"patient_id", "file", "mask_file", "source_path", "url_or_doi"}
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,21 @@ class BenchConfig:
     max_images: int = 0  # 0: all; else per label (classification) or in all (segmentation)
     energy_seconds: float = 5.0  # Jetson only: steady batch-1 run per row for energy per image
     plots: bool = True
+    subgroups: tuple = ()  # manifest columns ("source", "age_group", "view", "source+label") to report per value
+    subgroup_n_boot: int = 1000
+    thresholds: str = "val"  # "val": re-fit on the validation split; "bundle": the thresholds the bundles ship
+    calibration_bins: int = 10  # equal-mass bins of the ECE and the reliability diagram
     # CPU backends each ONNX artifact is timed on (runners.CPU_BACKENDS, or "auto": all this machine can run).
     backends: tuple = ("onnxruntime",)
+
+    def __post_init__(self):
+        if self.thresholds not in THRESHOLD_SOURCES:
+            raise BundleError(f"thresholds {self.thresholds!r}; choose one of {THRESHOLD_SOURCES}")
+        object.__setattr__(self, "subgroups", tuple(self.subgroups))
+        for column in self.subgroups:
+            if set(column.split("+")) & FORBIDDEN_SUBGROUPS:
+                raise BundleError(f"subgroup {column!r}: identifiers and file names are never reported; "
+                                  "use a column such as source, age_group or view")
 
     def resolved_threads(self):
         return self.threads or os.cpu_count() or 1
@@ -109,7 +124,7 @@ def _on_backends(path, key, cpu):
     return [dict(base, **backend_spec(b)) for b in cpu]
 
 
-def command_line(baseline, variants, data, split, torch_run, cfg, out):
+def command_line(baseline, variants, data, split, torch_run, cfg, out, lung_bundle=None):
     """The ``lungedge bench`` command that reproduces a run."""
     parts = ["lungedge", "bench"]
     if baseline:
@@ -119,6 +134,12 @@ def command_line(baseline, variants, data, split, torch_run, cfg, out):
     parts += ["--data", data, "--split", split]
     if torch_run:
         parts += ["--torch-run", torch_run]
+    if lung_bundle:
+        parts += ["--lung-bundle", lung_bundle]
+    if cfg.subgroups:
+        parts += ["--subgroups", ",".join(cfg.subgroups)]
+    if cfg.thresholds != "val":
+        parts += ["--thresholds", cfg.thresholds]
     parts += ["--threads", str(cfg.resolved_threads()), "--batch", str(cfg.batch)]
     defaults = BenchConfig()
     for name in ("rounds", "batch_rounds", "warmup", "max_images", "memory_runs", "n_boot", "seed", "settle_ms"):
@@ -258,12 +279,15 @@ def _energy(runners, pool, sampler, seconds):
 
 
 def run_bench(baseline=None, variants=(), data=None, split="test", torch_run=None, out=None, progress=True,
-              config=None, **options):
+              config=None, lung_bundle=None, **options):
     """Benchmark ``variants`` against the baseline on ``data``/``split``; returns the results dict.
 
     baseline: FP32 ONNX bundle of the baseline (``PATH`` or ``PATH:ARTIFACT``); exported from ``torch_run`` into
     ``out`` when omitted. torch_run: the training run folder of the torch FP32 baseline (the reference when given).
     config: a BenchConfig, or its fields as keyword ``options``. out: folder for results.json, report.md, plots.
+    lung_bundle: the X-ray lung segmentation bundle, required when the rows were trained on lung crops.
+    data: a dev-pack folder or (external evaluation, with ``thresholds="bundle"`` and split "all") a
+    folder-per-class tree.
     """
     cfg = config or BenchConfig(**options)
     cfg = replace(cfg, backends=resolve_backends(cfg.backends))  # "auto" recorded as what it meant here
@@ -271,6 +295,9 @@ def run_bench(baseline=None, variants=(), data=None, split="test", torch_run=Non
         raise ValueError("data: a dev-pack style folder with manifest.csv is required")
     threads = cfg.resolved_threads()
     bar = _bar(progress)
+    if cfg.thresholds == "val" and split == "all":
+        raise BundleError("split 'all' evaluates a folder with no validation split: use the bundles' own "
+                          "thresholds (--thresholds bundle)")
     if baseline is None and torch_run:
         from lungedge.benchmarks.bundles import export_baseline_bundle
 
@@ -279,10 +306,35 @@ def run_bench(baseline=None, variants=(), data=None, split="test", torch_run=Non
     specs = resolve_rows(baseline, list(variants), torch_run, cfg.backends)
     runners = [open_runner(s, threads=threads) for s in specs]
     try:
-        return _bench(runners, specs, baseline, list(variants), data, split, torch_run, out, cfg, threads, bar)
+        crop = _lung_crop(runners, lung_bundle, threads)
+        return _bench(runners, specs, baseline, list(variants), data, split, torch_run, out, cfg, threads, bar,
+                      crop, lung_bundle)
     finally:
         for r in runners:
             r.close()
+
+
+def _lung_crop(runners, lung_bundle, threads):
+    """The LungCrop every row was trained with (all alike), or None; refuses mixed or missing crops."""
+    crops = {r.name: getattr(r, "input_crop", None) for r in runners}
+    shas = {(c or {}).get("segmenter_manifest_sha256") for c in crops.values()}
+    if len(shas) > 1:
+        raise BundleError("the rows were trained on different inputs (lung crops by different segmenters, or crops "
+                          f"vs whole films): {crops}; compare like with like")
+    needed = next(iter(crops.values()))
+    if needed is None:
+        if lung_bundle:
+            raise BundleError("--lung-bundle was given but no row was trained on lung crops")
+        return None
+    if not lung_bundle:
+        raise BundleError(f"the rows were trained on lung crops by {needed.get('segmenter')!r}: give that bundle "
+                          "(--lung-bundle)")
+    from lungedge.runtime.pipelines import LungCrop
+    from lungedge.runtime.predictor import Predictor
+
+    crop = LungCrop(Predictor.from_bundle(lung_bundle, threads=threads), needed.get("margin", 0.05))
+    crop.check(needed)
+    return crop
 
 
 def _check_same_task(runners):
@@ -302,15 +354,17 @@ def _unique_names(runners):
             r.name = f"{r.name}#{seen[r.name]}"
 
 
-def _bench(runners, specs, baseline, variants, data, split, torch_run, out, cfg, threads, bar):
+def _bench(runners, specs, baseline, variants, data, split, torch_run, out, cfg, threads, bar, crop=None,
+           lung_bundle=None):
     _check_same_task(runners)
     _unique_names(runners)
     ref = runners[0]
     task, labels, positive = ref.task, ref.labels, ref.positive_label
     started = time.time()
-    images = load_split(data, split, task, labels, cfg.max_images, bar(f"read {split}") if bar else None)
-    val = (load_split(data, "val", task, labels, cfg.max_images, bar("read val") if bar else None)
-           if task == "classification" else [])
+    images = load_split(data, split, task, labels, cfg.max_images, bar(f"read {split}") if bar else None, crop)
+    refit = task == "classification" and cfg.thresholds == "val"
+    val = (load_split(data, "val", task, labels, cfg.max_images, bar("read val") if bar else None, crop)
+           if refit else [])
     groups = group_numbers(images)
     outputs = {r.name: {"test": predict_all(r, images, cfg.batch, bar(f"{r.name} {split}") if bar else None),
                         "val": predict_all(r, val, cfg.batch, bar(f"{r.name} val") if bar else None)}
@@ -319,7 +373,10 @@ def _bench(runners, specs, baseline, variants, data, split, torch_run, out, cfg,
              "complexity": _complexity(r)} for r, s in zip(runners, specs)]
     if task == "classification":
         _score_classification(rows, runners, outputs, images, val, labels, positive, groups, cfg)
+        _score_calibration(rows, runners, outputs, images, labels, positive, groups, cfg)
+        subgroups = _score_subgroups(rows, runners, outputs, images, labels, positive, groups, cfg)
     else:
+        subgroups = None
         _score_segmentation(rows, runners, outputs, images, groups, cfg)
     guards, jetson = _measure_speed(rows, runners, images[:16], cfg, bar)
     for r in runners:
@@ -332,13 +389,16 @@ def _bench(runners, specs, baseline, variants, data, split, torch_run, out, cfg,
         "data": {"dir": os.path.abspath(data), "name": os.path.basename(os.path.normpath(data)), "split": split,
                  "n_images": len(images), "n_patients": len(set(groups)), "n_val_images": len(val),
                  "label_counts": _label_counts(images) if task == "classification" else None,
-                 "threshold_fit_split": "val" if task == "classification" else None,
-                 "threshold_fit_on_evaluated_split": task == "classification" and split == "val"},
+                 "threshold_fit_split": "val" if refit else None,
+                 "threshold_source": ("val" if refit else "bundle") if task == "classification" else None,
+                 "threshold_fit_on_evaluated_split": refit and split == "val",
+                 "lung_crop": crop.spec if crop else None},
+        "subgroups": subgroups,
         "per_image": {"files": [os.path.basename(im.file) for im in images], "groups": groups,
                       "labels": [im.label for im in images] if task == "classification" else None,
                       "val_labels": [im.label for im in val] if task == "classification" else None},
         "config": dict(asdict(cfg), threads=threads),
-        "command": command_line(baseline, variants, data, split, torch_run, cfg, out),
+        "command": command_line(baseline, variants, data, split, torch_run, cfg, out, lung_bundle),
         "environment": describe(threads),
         "timing_guard": guards,
         "noisy": any(bool(g.get("noisy")) for g in guards.values()),
@@ -410,14 +470,24 @@ def _score_classification(rows, runners, outputs, images, val, labels, positive,
     scored = {}
     for i, (row, r) in enumerate(zip(rows, runners)):
         manifest = r.manifest if r.kind == "bundle" else None
-        rule = A.threshold_rule_for(manifest) if row["role"] == "variant" else "youden"
-        ref_sens = None
-        if i and rule == A.MATCH_BASELINE:
-            ref_sens = rows[0]["accuracy"]["val"].get("sensitivity")
-        probs_t, probs_v = _probs(outputs[r.name]["test"]), _probs(outputs[r.name]["val"])
-        row["accuracy"] = A.score_classification(labels, positive, val_idx, probs_v, test_idx, probs_t, rule, ref_sens)
+        probs_t = _probs(outputs[r.name]["test"])
+        if cfg.thresholds == "bundle":
+            if r.stored_threshold is None:
+                raise BundleError(f"{r.name} ships no threshold for {positive!r} (a torch run needs the metrics.json "
+                                  "of lungedge train); evaluate with --thresholds val on a folder with a val split")
+            row["accuracy"] = A.score_classification_at(labels, positive, test_idx, probs_t, r.stored_threshold)
+        else:
+            rule = A.threshold_rule_for(manifest) if row["role"] == "variant" else "youden"
+            ref_sens = None
+            if i and rule == A.MATCH_BASELINE:
+                ref_sens = rows[0]["accuracy"]["val"].get("sensitivity")
+            probs_v = _probs(outputs[r.name]["val"])
+            row["accuracy"] = A.score_classification(labels, positive, val_idx, probs_v, test_idx, probs_t, rule,
+                                                     ref_sens)
+            row["per_image_val_probabilities"] = probs_v.tolist()
         row["per_image_probabilities"] = probs_t.tolist()
-        row["per_image_val_probabilities"] = probs_v.tolist()
+        row["accuracy"]["test_ci"] = _test_cis(test_idx == pos, probs_t[:, pos], row["accuracy"]["threshold"],
+                                               groups, cfg)
         row["tolerances"], row["tolerance_source"] = A.tolerances_for(manifest if row["role"] == "variant" else None)
         scored[r.name] = {"probs": probs_t, "threshold": row["accuracy"]["threshold"]}
     ref = scored[runners[0].name]
@@ -428,6 +498,68 @@ def _score_classification(rows, runners, outputs, images, val, labels, positive,
                                                 cfg.n_boot, cfg.seed)
         row["verdict"] = A.overall_verdict(row["deltas"])
     rows[0]["fidelity"], rows[0]["deltas"], rows[0]["verdict"] = None, None, None
+
+
+def _test_cis(y, scores, threshold, groups, cfg):
+    """AUC, sensitivity and specificity of the positive label on the evaluated split with patient-bootstrap CIs."""
+    from lungedge.benchmarks import metrics as M
+    from lungedge.benchmarks import stats as S
+    from lungedge.benchmarks.subgroups import _strict_sensitivity, _strict_specificity
+
+    y = np.asarray(y).astype(int)
+    calls = (np.asarray(scores) >= threshold).astype(int)
+    out = {}
+    for name, fn, s in (("auc", M.roc_auc, scores), ("sensitivity", _strict_sensitivity, calls),
+                        ("specificity", _strict_specificity, calls)):
+        try:
+            out[name] = S.bootstrap_ci(fn, y, s, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed)
+        except M.MetricError as exc:
+            out[name] = {"error": str(exc)}
+    return out
+
+
+def _score_calibration(rows, runners, outputs, images, labels, positive, groups, cfg):
+    """ECE (equal-mass bins), Brier score and reliability curve of P(positive) per row, and the change from the
+    reference with paired patient-bootstrap intervals."""
+    from lungedge.benchmarks import calibration as C
+    from lungedge.benchmarks import stats as S
+
+    pos = labels.index(positive)
+    y = np.array([int(im.label == positive) for im in images])
+    probs = {r.name: _probs(outputs[r.name]["test"])[:, pos] for r in runners}
+    ref = runners[0].name
+
+    def ece(yy, p):
+        return C.expected_calibration_error(yy, p, cfg.calibration_bins)
+
+    for row, r in zip(rows, runners):
+        row["calibration"] = C.calibration_report(y, probs[r.name], cfg.calibration_bins)
+        if r.name == ref:
+            row["calibration"]["delta"] = None
+            continue
+        delta = {}
+        for name, fn in (("ece", ece), ("brier", C.brier_score)):
+            try:
+                delta[name] = S.paired_bootstrap(fn, y, probs[ref], probs[r.name], groups=groups,
+                                                 n_boot=cfg.n_boot, seed=cfg.seed)
+            except ValueError as exc:
+                delta[name] = {"error": str(exc)}
+        row["calibration"]["delta"] = delta
+
+
+def _score_subgroups(rows, runners, outputs, images, labels, positive, groups, cfg):
+    """Per-subgroup tables (``subgroups.subgroup_tables``) for the configured columns, or None."""
+    if not cfg.subgroups:
+        return None
+    from lungedge.benchmarks.subgroups import MAX_DROP, MIN_N, subgroup_tables
+
+    attributes = [dict(im.extra, label=im.label) for im in images]
+    y_idx = np.array([labels.index(im.label) for im in images])
+    table_rows = [{"name": r.name, "probs": _probs(outputs[r.name]["test"]), "threshold": row["accuracy"]["threshold"]}
+                  for row, r in zip(rows, runners)]
+    tables = subgroup_tables(cfg.subgroups, attributes, labels, positive, y_idx, groups, table_rows,
+                             n_boot=cfg.subgroup_n_boot, seed=cfg.seed)
+    return {"columns": list(cfg.subgroups), "min_n": MIN_N, "max_drop": MAX_DROP, "tables": tables}
 
 
 def _score_segmentation(rows, runners, outputs, images, groups, cfg):

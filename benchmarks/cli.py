@@ -5,6 +5,9 @@
     lungedge bench scaling --bundles CT_SEG [CT_CLS] --data DIR [DIR ...] [--slices 10 50 100 300] [--out DIR]
     lungedge bench throughput --bundle B --data DIR [--batch 1 8] [--workers 1 2] [--out DIR]
     lungedge bench report RESULTS_DIR ... -o BENCHMARKS.md
+    lungedge bench qc --data ../shared/data [--xray-bundle B] [--ct-bundle B] [--out DIR]   (benchmarks.qc)
+    lungedge bench dicom-node --xray-bundle B [--xray-lung-bundle B] [--ct-bundle B] [--ct-lesion-bundle B]
+                   --dicom ../shared/data/dicom [--out DIR]
 
 The runtime's CLI hands ``argv`` (starting with "bench") to ``main``. Flags map onto ``bench.BenchConfig``.
 """
@@ -23,9 +26,16 @@ def bench_parser():
                                       "--torch-run when omitted")
     p.add_argument("--variants", nargs="*", default=[], help="variant bundles (PATH or PATH:ARTIFACT); every "
                                                              "artifact this machine can run by default")
-    p.add_argument("--data", required=True, help="folder with manifest.csv (e.g. ../shared/data/xray-cls)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"],
-                   help="split to evaluate (thresholds are always fitted on val)")
+    p.add_argument("--data", required=True, help="folder with manifest.csv (e.g. ../shared/data/xray-cls), or a "
+                                                 "folder-per-class tree for external evaluation")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                   help="split to evaluate; 'all' for an external folder (with --thresholds bundle)")
+    p.add_argument("--thresholds", default=d.thresholds, choices=["val", "bundle"],
+                   help="val: re-fit each row's threshold on the validation split (never on the evaluated one); "
+                        "bundle: use the thresholds the bundles ship (external evaluation, a clinic's own films)")
+    p.add_argument("--subgroups", default="", help="comma-separated manifest columns to report per value, e.g. "
+                   "source,age_group,view (join columns with + for crossed groups: source+label)")
+    p.add_argument("--lung-bundle", help="X-ray lung segmentation bundle (rows trained on lung crops need it)")
     p.add_argument("--torch-run", help="training run folder of the torch FP32 baseline (becomes the reference)")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads per model (0: all logical CPUs)")
     p.add_argument("--batch", type=int, default=d.batch, help="batch size N of the batch-N timing")
@@ -59,9 +69,10 @@ def run(argv):
     cfg = BenchConfig(threads=a.threads, batch=a.batch, rounds=a.rounds, batch_rounds=a.batch_rounds,
                       warmup=a.warmup, max_seconds=a.max_seconds, settle_ms=a.settle_ms, max_images=a.max_images,
                       memory_runs=a.memory_runs, n_boot=a.n_boot, seed=a.seed, plots=not a.no_plots,
+                      thresholds=a.thresholds, subgroups=tuple(c.strip() for c in a.subgroups.split(",") if c.strip()),
                       backends=tuple(a.backends))
     results = run_bench(baseline=a.baseline, variants=a.variants, data=a.data, split=a.split, torch_run=a.torch_run,
-                        out=a.out, progress=not a.no_progress, config=cfg)
+                        out=a.out, progress=not a.no_progress, config=cfg, lung_bundle=a.lung_bundle)
     print(terminal_table(results))
     if a.out:
         print(f"\nresults: {a.out}/results.json, report: {a.out}/report.md")
@@ -81,6 +92,14 @@ def main(argv=None):
         from lungedge.benchmarks.throughput import main as throughput_main
 
         return throughput_main(argv[1:])
+    if argv and argv[0] == "qc":
+        from lungedge.benchmarks.qc import main as qc_main
+
+        return qc_main(argv[1:])
+    if argv and argv[0] == "dicom-node":
+        from lungedge.benchmarks.dicom_node import main as node_main
+
+        return node_main(argv[1:])
     if argv and argv[0] == "report":
         from lungedge.benchmarks.make_benchmarks_md import main as report_main
 

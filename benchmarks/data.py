@@ -5,12 +5,13 @@ the ground truth on the image's own grid, so variants of different input sizes a
 kept for the patient-level bootstrap but never written out: results carry an anonymous group number instead.
 """
 
+import os
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from lungedge.runtime.datasets import read_manifest_csv, select
+from lungedge.runtime.datasets import read_labelled_folder, select
 from lungedge.runtime.errors import InputError
 from lungedge.runtime.io import read_any
 
@@ -25,6 +26,7 @@ class EvalImage:
     patient: str
     label: str = None
     mask: np.ndarray = field(default=None, repr=False)
+    extra: dict = field(default_factory=dict, repr=False)  # manifest columns (source, age_group, view...)
 
 
 def read_mask(path):
@@ -45,10 +47,14 @@ def limit_per_label(records, per_label):
     return out
 
 
-def load_split(data_dir, split, task, labels=None, max_images=None, progress=None):
+def load_split(data_dir, split, task, labels=None, max_images=None, progress=None, crop=None):
     """EvalImages of one split: labelled images (classification, labels restricted to ``labels``) or images
-    with masks (segmentation). ``max_images`` keeps that many per label (classification) or in all."""
-    records = select(read_manifest_csv(data_dir), split=split)
+    with masks (segmentation). ``max_images`` keeps that many per label (classification) or in all.
+
+    data_dir: a dev-pack folder (manifest.csv) or a folder-per-class tree; split "all" takes every image (an
+    external folder). crop: a ``runtime.pipelines.LungCrop`` applied to every decoded image (classifiers
+    trained on lung crops)."""
+    records = select(read_labelled_folder(data_dir), split=split)
     if task == "classification":
         records = [r for r in records if r.label is not None and (labels is None or r.label in labels)]
         if max_images:
@@ -65,7 +71,10 @@ def load_split(data_dir, split, task, labels=None, max_images=None, progress=Non
         mask = read_mask(r.mask) if task == "segmentation" else None
         if mask is not None and mask.shape != array.shape[-2:]:
             raise InputError(f"{r.image}: mask {mask.shape} and image {array.shape} differ in size")
-        out.append(EvalImage(file=r.image, array=array, meta=meta, patient=r.patient_id, label=r.label, mask=mask))
+        if crop is not None:
+            array, meta, _ = crop(array, meta, {"file": os.path.basename(r.image)})
+        out.append(EvalImage(file=r.image, array=array, meta=meta, patient=r.patient_id, label=r.label, mask=mask,
+                             extra=dict(r.extra)))
     return out
 
 

@@ -79,7 +79,7 @@ def run_demo(out="lungedge-demo", threads=0, epochs=8, arch="resnet18", size=96,
     """All five steps; returns the bench results dict."""
     from lungedge.benchmarks.bench import BenchConfig, run_bench
     from lungedge.benchmarks.bundles import export_baseline_bundle
-    from lungedge.benchmarks.report import terminal_table
+    from lungedge.benchmarks.report import plain_verdicts, terminal_table
 
     threads = threads or os.cpu_count() or 1
     started = time.time()
@@ -112,6 +112,12 @@ def run_demo(out="lungedge-demo", threads=0, epochs=8, arch="resnet18", size=96,
     print(terminal_table(results))
     if note:
         print(f"\nnote: {note}")
+    verdicts = plain_verdicts(results)
+    if verdicts:
+        print("\nIn plain words:")
+        for line in verdicts:
+            print(f"- {line}")
+    results["demo_verdicts"] = verdicts
     print(f"\nreport: {os.path.join(report_dir, 'report.md')} (plots and results.json beside it); "
           f"demo took {time.time() - started:.0f} s")
     return results

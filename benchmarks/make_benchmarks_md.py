@@ -116,6 +116,72 @@ def xray_targets(results):
     return [_target(n, *check(row), results, row) for n, check in zip(names, checks)]
 
 
+BASE_AUC, NIH_SPEC, COVID_SENS, SUBGROUP_DROP = 0.95, 0.80, 0.90, 0.05
+
+
+def _status_at_least_ci(m, limit):
+    """met: the CI lower bound reaches the limit; unproven: only the point estimate does; missed otherwise."""
+    if not m or "error" in m:
+        return "not measured"
+    if m["low"] >= limit:
+        return "met"
+    return "unproven" if m["value"] >= limit else "missed"
+
+
+def _ci(m, digits=3):
+    if not m or "error" in m:
+        return "–"
+    return f"{m['value']:.{digits}f} [{m['low']:.{digits}f}, {m['high']:.{digits}f}]"
+
+
+def _subgroup_entry(results, column, value):
+    for e in ((results.get("subgroups") or {}).get("tables") or {}).get(column, []):
+        if e["value"] == value:
+            return e
+    return None
+
+
+def clinical_targets(results):
+    """Issue 9's clinical-validity targets: the baseline's AUC, adult-normal specificity at COVID sensitivity on
+    both COVID sources, and no subgroup sensitivity/specificity drop over 0.05 for the INT8 classifier."""
+    names = [f"X-ray baseline: AUC (COVID vs rest) >= {BASE_AUC}",
+             f"X-ray baseline: specificity >= {NIH_SPEC} on NIH adult normals",
+             f"X-ray baseline: sensitivity >= {COVID_SENS} on ieee8023 COVID films",
+             f"X-ray baseline: sensitivity >= {COVID_SENS} on hannover COVID films",
+             f"X-ray INT8 classifier: no subgroup sensitivity or specificity drop > {SUBGROUP_DROP}"]
+    if results is None:
+        return [_target(n, "–", "not measured", None) for n in names]
+    ref = results["rows"][0]
+    out = [_target(names[0], f"AUC {_ci((ref['accuracy'].get('test_ci') or {}).get('auc'))}",
+                   _status_at_least_ci((ref["accuracy"].get("test_ci") or {}).get("auc"), BASE_AUC), results, ref)]
+    for name, value, metric, limit in ((names[1], "nih-chestxray14/normal", "specificity", NIH_SPEC),
+                                       (names[2], "ieee8023/covid", "sensitivity", COVID_SENS),
+                                       (names[3], "hannover/covid", "sensitivity", COVID_SENS)):
+        e = _subgroup_entry(results, "source+label", value)
+        if e is None:
+            out.append(_target(name, "needs --subgroups source+label", "not measured", results, ref))
+            continue
+        m = e["rows"][ref["name"]][metric]
+        out.append(_target(name, f"{metric} {_ci(m)} (n={e['n']})", _status_at_least_ci(m, limit), results, ref))
+    sub = results.get("subgroups")
+    candidates = [r for r in results["rows"] if r["role"] == "variant" and r["info"]["precision"] == "int8"]
+    if not sub or not candidates:
+        out.append(_target(names[4], "needs --subgroups and an INT8 variant", "not measured", results))
+        return out
+    row = candidates[0]
+    worst, where = None, None
+    for column in sub["columns"]:
+        for e in sub["tables"][column]:
+            d = e["deltas"].get(row["name"]) or {}
+            for metric in ("sensitivity", "specificity"):
+                if d.get(metric) and (worst is None or d[metric]["delta"] < worst):
+                    worst, where = d[metric]["delta"], f"{metric} in {column}={e['value']} (n={e['n']})"
+    status = "not measured" if worst is None else ("met" if worst >= -SUBGROUP_DROP else "missed")
+    out.append(_target(names[4], f"largest drop {worst:+.3f}: {where}" if worst is not None else "–", status,
+                       results, row))
+    return out
+
+
 def seg_targets(results, title):
     names = [f"{title}: >= 8x lower batch-1 latency than the full U-Net FP32",
              f"{title}: DICE drop <= 0.01"]
@@ -175,7 +241,8 @@ def classify(results_list):
 
 def targets(results_list):
     by_task, scaling = classify(results_list)
-    out = xray_targets(by_task.get(("xray", "classification")))
+    out = clinical_targets(by_task.get(("xray", "classification")))
+    out += xray_targets(by_task.get(("xray", "classification")))
     out += seg_targets(by_task.get(("xray", "segmentation")), "X-ray lung segmenter")
     out += seg_targets(by_task.get(("ct", "segmentation")), "CT lesion segmenter")
     out.append(scaling_target(scaling))
@@ -189,7 +256,11 @@ def train_command(cfg):
     c = cfg["config"]
     return (f"lungedge train --task {c['task']} --data {c['data']} --arch {c['arch']} --size {c['size']} "
             f"--epochs {c['epochs']} --patience {c['patience']} --batch-size {c['batch_size']} --lr {c['lr']} "
-            f"--seed {c['seed']}" + ("" if c.get("augment", True) else " --no-augment"))
+            f"--seed {c['seed']}" + ("" if c.get("augment", True) else " --no-augment")
+            + (f" --augment-level {c['augment_level']}" if c.get("augment_level", "standard") != "standard" else "")
+            + (f" --balance {c['balance']}" if c.get("balance") else "")
+            + (f" --lung-bundle {c['lung_bundle']} --lung-margin {c.get('lung_margin', 0.05)}"
+               if c.get("lung_bundle") else ""))
 
 
 def baselines_section(run_dirs):
@@ -228,14 +299,45 @@ def baselines_section(run_dirs):
     return parts
 
 
-def render(results_dirs, out_path, run_dirs=()):
+def demote_headings(path):
+    """A Markdown file's text with every heading one level under ``##`` sections (``#`` becomes ``##``), and
+    relative links and images re-rooted at the repository (the file's folder is taken as relative to it)."""
+    folder = os.path.dirname(path)
+    out = []
+    in_code = False
+    with open(path, encoding="utf-8") as fh:
+        for line in fh.read().rstrip().splitlines():
+            if line.startswith("```"):
+                in_code = not in_code
+            if not in_code and line.startswith("#"):
+                level = len(line) - len(line.lstrip("#"))
+                line = "#" * max(2, level + 1) + line[level:]
+            elif not in_code and "](" in line and folder:
+                line = _reroot_links(line, folder)
+            out.append(line)
+    return "\n".join(out)
+
+
+def _reroot_links(line, folder):
+    import re
+
+    def fix(m):
+        target = m.group(2)
+        if "://" in target or target.startswith(("/", "#")):
+            return m.group(0)
+        return f"{m.group(1)}({os.path.normpath(os.path.join(folder, target))})"
+    return re.sub(r"(\[[^\]]*\])\(([^)]+)\)", fix, line)
+
+
+def render(results_dirs, out_path, run_dirs=(), includes=()):
     """BENCHMARKS.md text from the results folders (figure links relative to ``out_path``'s folder)."""
     loaded = [(d, R.load_results(d)) for d in results_dirs]
     by_task, scaling = classify([r for _, r in loaded])
     where = {id(r): d for d, r in loaded}
     base = os.path.dirname(os.path.abspath(out_path))
     cmd = ("python benchmarks/make_benchmarks_md.py " + " ".join(results_dirs) + f" -o {out_path}"
-           + (" --runs " + " ".join(run_dirs) if run_dirs else ""))
+           + (" --runs " + " ".join(run_dirs) if run_dirs else "")
+           + (" --include " + " ".join(includes) if includes else ""))
     parts = ["# lungedge benchmarks", "",
              f"Generated from the results of the runs below by `{cmd}` "
              f"({datetime.date.today().isoformat()}); do not edit by hand: rerun the commands and regenerate.", "",
@@ -265,6 +367,8 @@ def render(results_dirs, out_path, run_dirs=()):
     if scaling is not None:
         rel = os.path.relpath(os.path.abspath(where[id(scaling)]), base)
         parts += [SC.render_markdown(scaling, heading_level=2), f"![CT study scaling]({rel}/scaling.png)", ""]
+    for path in includes:
+        parts += [demote_headings(path), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -273,8 +377,10 @@ def main(argv=None):
     p.add_argument("results", nargs="+", help="folders holding results.json (bench or bench scaling)")
     p.add_argument("-o", "--out", default="BENCHMARKS.md")
     p.add_argument("--runs", nargs="*", default=[], help="baseline run folders (config.json, metrics.json)")
+    p.add_argument("--include", nargs="*", default=[], help="Markdown files appended as they are (generated "
+                   "reports of other commands, e.g. the shortcut screen's), each under its own first heading")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    text = render(a.results, a.out, a.runs)
+    text = render(a.results, a.out, a.runs, a.include)
     with open(a.out, "w", encoding="utf-8") as fh:
         fh.write(text)
     print(f"wrote {a.out}")

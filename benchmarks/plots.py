@@ -162,11 +162,71 @@ def scaling(results, path):
     return _save(fig, path)
 
 
+def reliability(results, path):
+    """Reliability diagram of P(positive) per row: observed positive rate against mean predicted, equal-mass bins."""
+    rows = [r for r in results["rows"] if r.get("calibration")]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect")
+    for row in rows:
+        c = row["calibration"]
+        curve = c["reliability"]
+        ax.plot(curve["mean_predicted"], curve["observed"], marker="o", ms=3, lw=1.2,
+                label=f"{row['name']} (ECE {c['ece']:.3f}, Brier {c['brier']:.3f})")
+    ax.set_xlabel(f"mean predicted P({results['positive_label']})")
+    ax.set_ylabel("observed positive rate")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability ({rows[0]['calibration']['reliability']['binning']})", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left")
+    return _save(fig, path)
+
+
+def subgroup_bars(results, path):
+    """Per-subgroup sensitivity and specificity bars (with 95 % intervals), the reference beside each variant."""
+    sub = results.get("subgroups")
+    if not sub:
+        return None
+    entries = [e for col in sub["columns"] for e in sub["tables"][col]]
+    if not entries:
+        return None
+    plt = _plt()
+    names = [r["name"] for r in results["rows"]]
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.55 * len(entries) * len(names) ** 0.5 + 2), 7), sharex=True)
+    width = 0.8 / len(names)
+    x = np.arange(len(entries))
+    for ax, metric in zip(axes, ("sensitivity", "specificity")):
+        for k, name in enumerate(names):
+            vals, lo, hi = [], [], []
+            for e in entries:
+                m = e["rows"][name][metric]
+                v = m["value"] if m else np.nan
+                vals.append(v)
+                lo.append(v - m["low"] if m else 0.0)
+                hi.append(m["high"] - v if m else 0.0)
+            ax.bar(x + (k - (len(names) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=2,
+                   label=name, error_kw={"lw": 0.7})
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=6, loc="lower left")
+    labels = [f"{e['column']}={e['value']}\n(n={e['n']}{', small' if e['small'] else ''})" for e in entries]
+    axes[1].set_xticks(x)
+    axes[1].set_xticklabels(labels, rotation=45, ha="right", fontsize=6)
+    axes[0].set_title(f"Per subgroup, positive label {results['positive_label']} at each row's threshold "
+                      "(undefined bars are blank)", fontsize=9)
+    return _save(fig, path)
+
+
 def plot_all(results, out_dir, examples_data=None):
     """Every figure that applies to this run; returns the paths written."""
     written = []
     if results["task"] == "classification":
         written.append(roc(results, os.path.join(out_dir, "roc.png")))
+        written.append(reliability(results, os.path.join(out_dir, "reliability.png")))
+        written.append(subgroup_bars(results, os.path.join(out_dir, "subgroups.png")))
     else:
         written.append(dice_distribution(results, os.path.join(out_dir, "dice_distribution.png")))
     written.append(pareto(results, os.path.join(out_dir, "pareto.png")))

@@ -166,6 +166,38 @@ def terminal_table(results):
     return "\n".join(out)
 
 
+def plain_verdicts(results):
+    """One plain sentence per variant: passed, or what failed, by how much, and what a user should do."""
+    lines = []
+    n = results["data"]["n_images"]
+    for row in results["rows"][1:]:
+        verdict = row.get("verdict")
+        if verdict == "PASS":
+            lines.append(f"{row['name']} passed: every checked accuracy change stays within its tolerance at 95 % "
+                         "confidence.")
+            continue
+        if verdict is None:
+            continue
+        failed = [(m, d) for m, d in (row.get("deltas") or {}).items()
+                  if d.get("tolerance") is not None and d.get("verdict") != "PASS"]
+        parts = []
+        for metric, d in failed:
+            if "error" in d:
+                parts.append(f"{metric} could not be computed ({d['error']})")
+                continue
+            worse = d["delta"] < -d["tolerance"]
+            parts.append(f"{metric} changed by {d['delta']:+.3f} (95 % interval {d['low']:+.3f} to {d['high']:+.3f}; "
+                         f"allowed drop {d['tolerance']})" + (": the compressed model is worse" if worse else
+                                                              ": the point estimate is within tolerance but "
+                                                              f"{n} test images cannot show it"))
+        advice = ("Do not deploy it as it is. With a small evaluation set, benchmark on more images (the full "
+                  "dev pack or your own films with --thresholds bundle); if the point estimate itself is outside "
+                  "the tolerance, compress with less pruning or keep FP32/FP16 (a recipe's gate backs off "
+                  "automatically on the full data).")
+        lines.append(f"{row['name']} FAILED its accuracy check: " + "; ".join(parts) + ". " + advice)
+    return lines
+
+
 def md_table(header, rows):
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(v).replace("|", "/") for v in r) + " |" for r in rows]
@@ -185,9 +217,14 @@ def _accuracy_section(results):
             acc, test = row["accuracy"], row["accuracy"].get("test") or {}
             table.append([row["name"], fmt(acc["threshold"], 4)] + [fmt(test.get(k)) for k in keys]
                          + [test.get(k, "–") for k in ("tp", "fp", "fn", "tn")])
-        text = [f"Positive label **{results['positive_label']}** at the threshold re-fitted on validation "
-                f"({rows[0]['accuracy']['threshold_rule']} rule; never fitted on the evaluated split).", "",
-                md_table(header, table)]
+        if results["data"].get("threshold_source") == "bundle":
+            header[1] = "threshold (bundle)"
+            intro = (f"Positive label **{results['positive_label']}** at the threshold each bundle ships (external "
+                     "evaluation: nothing is re-fitted on the evaluated images).")
+        else:
+            intro = (f"Positive label **{results['positive_label']}** at the threshold re-fitted on validation "
+                     f"({rows[0]['accuracy']['threshold_rule']} rule; never fitted on the evaluated split).")
+        text = [intro, "", md_table(header, table)]
         if len(results["labels"]) > 2:
             text += ["", "Per class, one-vs-rest (predicted class = argmax):", ""]
             header = ["class", "variant", "sensitivity", "specificity", "precision", "F1", "F2", "AUC", "support"]
@@ -231,6 +268,60 @@ def _delta_section(results):
         return "Only the reference was benchmarked."
     return ("95 % paired-bootstrap intervals resampling whole patients; a verdict passes only when the interval's "
             "lower bound clears the tolerance (non-inferiority).\n\n" + md_table(header, table))
+
+
+def _calibration_section(results):
+    rows = [r for r in results["rows"] if r.get("calibration")]
+    if not rows:
+        return None
+    header = ["variant", "ECE", "Brier", "dECE vs reference [95% CI]", "dBrier vs reference [95% CI]"]
+    table = []
+    for row in rows:
+        c = row["calibration"]
+        d = c.get("delta")
+        deltas = ["(reference)"] * 2 if d is None else [fmt_ci(d.get("ece")), fmt_ci(d.get("brier"))]
+        table.append([row["name"], fmt(c["ece"]), fmt(c["brier"])] + deltas)
+    binning = rows[0]["calibration"]["reliability"]["binning"]
+    return (f"P({results['positive_label']}) against the outcome on the evaluated images: expected calibration error "
+            f"({binning}) and Brier score, lower is better; deltas are variant - reference with paired patient-"
+            "bootstrap intervals (a positive delta is worse calibration).\n\n" + md_table(header, table))
+
+
+def _ci_text(m, digits=3):
+    if not m:
+        return "–"
+    return f"{m['value']:.{digits}f} [{m['low']:.{digits}f}, {m['high']:.{digits}f}]"
+
+
+def _subgroup_section(results):
+    sub = results.get("subgroups")
+    if not sub:
+        return None
+    names = [r["name"] for r in results["rows"]]
+    pos = results["positive_label"]
+    parts = [f"Sensitivity and specificity for **{pos}** at each row's own threshold, AUC of {pos} where both classes "
+             "exist, and the within-subgroup one-vs-rest AUC of every label the subgroup holds with another (inside "
+             "one source a model that only recognises the source scores 0.5 there). 95 % patient-bootstrap intervals "
+             f"({results['config'].get('subgroup_n_boot')} resamples). Subgroups under {sub['min_n']} images are "
+             f"marked *small*; a variant is flagged **DROP** where its sensitivity or specificity falls more than "
+             f"{sub['max_drop']} below the reference's (point estimate).", ""]
+    for column in sub["columns"]:
+        header = ["subgroup", "n (patients)", "labels", "row", f"sens {pos}", f"spec {pos}", f"AUC {pos}",
+                  "within-subgroup AUC", "dSens", "dSpec", "dAUC", "flag"]
+        table = []
+        for e in sub["tables"][column]:
+            counts = ", ".join(f"{k} {v}" for k, v in e["label_counts"].items())
+            for name in names:
+                m = e["rows"][name]
+                within = "; ".join(f"{k} {_ci_text(v, 2)}" for k, v in m["class_auc"].items()) or "–"
+                d = e["deltas"].get(name)
+                flag = "(reference)" if name == names[0] else ("**DROP**" if d and d["flag"] else "")
+                table.append([f"{e['value']}" + (" *small*" if e["small"] else ""), f"{e['n']} ({e['n_patients']})",
+                              counts, name, _ci_text(m["sensitivity"]), _ci_text(m["specificity"]),
+                              _ci_text(m["auc"]), within] + [fmt_ci(d[k]) if d and d.get(k) else "–"
+                                                             for k in ("sensitivity", "specificity", "auc")] + [flag])
+        parts += [f"By **{column}**:", "", md_table(header, table), ""]
+    return "\n".join(parts).rstrip()
 
 
 def _fidelity_section(results):
@@ -342,6 +433,8 @@ def _environment_section(results):
 
 
 FIGURES = (("roc.png", "ROC curves (positive label, then each class one-vs-rest)"),
+           ("subgroups.png", "Sensitivity and specificity per subgroup, reference beside each variant"),
+           ("reliability.png", "Reliability diagram (calibration)"),
            ("pareto.png", "Latency vs accuracy"),
            ("dice_distribution.png", "Per-image DICE"),
            ("examples.png", "Where the least faithful variant and the reference disagree most"))
@@ -366,7 +459,9 @@ def render_markdown(results, figures_dir=None, heading_level=1, figure_prefix=""
         parts += ["> Thresholds were fitted on the split being evaluated (validation): accuracy is optimistic.", ""]
     header, rows = summary_rows(results)
     sections = [("Summary", md_table(header, rows)), ("Accuracy", _accuracy_section(results)),
-                ("Deltas vs the reference", _delta_section(results)), ("Fidelity to the reference",
+                ("Deltas vs the reference", _delta_section(results)),
+                ("Subgroups", _subgroup_section(results)), ("Calibration", _calibration_section(results)),
+                ("Fidelity to the reference",
                                                                          _fidelity_section(results)),
                 ("Latency", _latency_section(results)), ("Size, compute, memory", _resources_section(results)),
                 ("Jetson power", _jetson_section(results)), ("Environment", _environment_section(results))]

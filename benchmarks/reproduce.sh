@@ -16,8 +16,9 @@ L=${LUNGEDGE:-lungedge}
 mkdir -p "$reports"
 done_dirs=()
 
-bench_task() {  # task arch
+bench_task() {  # task arch [extra bench flags...]
     local task=$1 run="$runs/$1-$2" base="$bundles/$1-baseline" variants=()
+    shift 2
     if [ ! -f "$run/metrics.json" ]; then
         echo "skip $task: no trained baseline in $run" >&2
         return
@@ -25,11 +26,15 @@ bench_task() {  # task arch
     [ -f "$base/manifest.json" ] || $L export onnx --baseline "$run" --data "$data/$task" --out "$base" --force
     [ -f "$bundles/$task/manifest.json" ] && variants=(--variants "$bundles/$task")
     $L bench --torch-run "$run" --baseline "$base" ${variants[@]+"${variants[@]}"} --data "$data/$task" --split test \
-        --threads "$threads" --batch 8 --out "$reports/$task" --no-progress
+        --threads "$threads" --batch 8 --out "$reports/$task" --no-progress "$@"
     done_dirs+=("$reports/$task")
 }
 
-bench_task xray-cls densenet121
+# The X-ray classifier is judged per source, age group, view and source x label; it reads lung crops by the
+# lung bundle it was trained with (tools/train_baselines.sh builds bundles/xray-lungs).
+xray_flags=(--subgroups "source,age_group,view,source+label")
+[ -f "$bundles/xray-lungs/manifest.json" ] && xray_flags+=(--lung-bundle "$bundles/xray-lungs")
+bench_task xray-cls densenet121 "${xray_flags[@]}"
 bench_task ct-cls densenet121
 bench_task xray-seg unet
 bench_task ct-seg unet
@@ -47,5 +52,12 @@ fi
 if [ ${#done_dirs[@]} -gt 0 ]; then
     run_dirs=()
     for r in "$runs"/*/metrics.json; do [ -f "$r" ] && run_dirs+=("$(dirname "$r")"); done
-    python benchmarks/make_benchmarks_md.py "${done_dirs[@]}" -o BENCHMARKS.md --runs ${run_dirs[@]+"${run_dirs[@]}"}
+    # Reports of other commands (their own reproduce lines inside): shortcut screen, QC, fuzzing, DICOM node.
+    includes=()
+    for f in "$reports"/shortcut/report.md "$reports"/qc/report.md "$reports"/fuzz/report.md \
+             "$reports"/dicom-node/report.md; do
+        [ -f "$f" ] && includes+=("$f")
+    done
+    python benchmarks/make_benchmarks_md.py "${done_dirs[@]}" -o BENCHMARKS.md --runs ${run_dirs[@]+"${run_dirs[@]}"} \
+        ${includes[@]+--include "${includes[@]}"}
 fi

@@ -127,6 +127,21 @@ class BundleRunner:
         if backend == "openvino":
             self.info["inference_precision"] = self.predictor.backend.precision
 
+    @property
+    def stored_threshold(self):
+        """The operating threshold the bundle ships (this artifact's own, else the manifest's), or None."""
+        if self.task != "classification" or self.positive_label is None:
+            return None
+        art = self.manifest["artifacts"][self.artifact]
+        if art.get("threshold") is not None:
+            return float(art["threshold"])
+        value = (self.manifest.get("thresholds") or {}).get(self.positive_label)
+        return None if value is None else float(value)
+
+    @property
+    def input_crop(self):
+        return self.manifest.get("input_crop")
+
     def prepare(self, array, meta):
         return self.predictor.prepare(array, meta, {"file": "benchmark"})
 
@@ -160,6 +175,13 @@ class TorchRunner:
         self.model, cfg = load_model(run_dir, which)
         with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as fh:
             config = json.load(fh)
+        self.input_crop = config.get("input_crop")
+        self.stored_threshold = None  # the validation threshold recorded by lungedge train, when present
+        metrics_path = os.path.join(run_dir, "metrics.json")
+        if spec_kind_is_classification(cfg.task) and os.path.isfile(metrics_path):
+            with open(metrics_path, encoding="utf-8") as fh:
+                value = (json.load(fh).get("val") or {}).get("threshold")
+            self.stored_threshold = None if value is None else float(value)
         spec = task(cfg.task)
         self.task, self.modality = spec.kind, spec.modality
         self.labels = list(spec.labels)
@@ -203,6 +225,12 @@ class TorchRunner:
 
     def close(self):
         self.model = None
+
+
+def spec_kind_is_classification(task_name):
+    from lungedge.models.tasks import task
+
+    return task(task_name).kind == "classification"
 
 
 def open_runner(spec, threads=None):

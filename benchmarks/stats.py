@@ -175,3 +175,33 @@ def verdict(delta_ci: Union[Mapping[str, float], Tuple[float, float]], tolerance
     return Verdict(passed=bool(passed), bound=bound, tolerance=float(tolerance),
                    higher_is_better=bool(higher_is_better))
 
+
+
+def bootstrap_ci(metric_fn: Callable[[np.ndarray, np.ndarray], float], y_true, scores, groups=None,
+                 n_boot: int = 2000, seed: int = 0, ci: float = 0.95) -> Dict[str, float]:
+    """Bootstrap interval of ``metric_fn(y_true, scores)`` for one model (whole groups resampled).
+
+    Same conventions as ``paired_bootstrap``: percentile interval, point value on all cases, resamples where
+    the metric is undefined are skipped and counted. Returns value, low, high, ci, se, n_boot, n_skipped,
+    n_groups.
+    """
+    _check_options(n_boot, ci)
+    y, s = np.asarray(y_true), np.asarray(scores)
+    n_cases = _first_axis_match({"y_true": y, "scores": s})
+    point = float(metric_fn(y, s))
+    if not math.isfinite(point):
+        raise UndefinedMetricError(f"the metric on all {n_cases} cases is {point}; nothing to bootstrap")
+    grouping = _Groups(groups, n_cases)
+    values = []
+    for block in _draws(np.random.default_rng(seed), len(grouping), n_boot):
+        for drawn in block:
+            idx = grouping.cases(drawn)
+            try:
+                v = float(metric_fn(y[idx], s[idx]))
+            except ValueError:
+                continue
+            if math.isfinite(v):
+                values.append(v)
+    out = _interval(point, np.asarray(values, dtype=np.float64), n_boot, ci, len(grouping))
+    out["value"] = out.pop("delta")
+    return out

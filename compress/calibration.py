@@ -64,7 +64,7 @@ class CalibrationReader(CalibrationDataReader):
     """
 
     def __init__(self, records_or_paths, steps, input_name="image", batch_size=1, limit=None, splits=("train",),
-                 progress=False):
+                 progress=False, crop=None):
         if isinstance(records_or_paths, (str, os.PathLike, bytes, Record)) or hasattr(records_or_paths, "shape"):
             raise CalibrationError("pass a list of image paths or dataset Records; arrays, tensors and single paths "
                                    "are refused")
@@ -95,6 +95,7 @@ class CalibrationReader(CalibrationDataReader):
         self.splits_used = sorted({s for _, _, s in items if s is not None})
         self.has_unsplit = any(s is None for _, _, s in items)
         self.steps = steps
+        self.crop = crop  # runtime.pipelines.LungCrop for bundles trained on lung crops
         self.input_name = input_name
         self.batch_size = int(batch_size)
         self.progress = progress
@@ -124,6 +125,8 @@ class CalibrationReader(CalibrationDataReader):
             if np.ndim(array) != 2:
                 raise CalibrationError(f"calibration image {index} ({name}) is a volume of shape {np.shape(array)}; "
                                        "calibrate on 2-D images or slices exported as images")
+            if self.crop is not None:
+                array, meta, _ = self.crop(array, meta, {"file": name})
             out, _ = preprocess(array, meta, self.steps)
         except InputError as exc:
             raise CalibrationError(f"calibration image {index} cannot be used: {exc}") from None

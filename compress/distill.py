@@ -22,8 +22,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from lungedge.models.data import augment
-from lungedge.models.train import class_weights, evaluate, make_optimizer, predict, segmentation_loss
+from lungedge.models.data import AUGMENT_LEVELS, augment
+from lungedge.models.train import (
+    class_weights,
+    evaluate,
+    make_optimizer,
+    predict,
+    segmentation_loss,
+    source_balanced_weights,
+)
 from lungedge.runtime.configs import config_from_dict
 
 SEG_KD_MODES = ("bce", "mse")
@@ -38,6 +45,8 @@ class DistillConfig:
     batch_size: int = 16
     patience: int = 5
     augment: bool = True
+    augment_level: str = "standard"  # a key of models.data.AUGMENT_LEVELS
+    balance: str = ""  # "source": the baseline's source-balanced sampling (models.train.source_balanced_weights)
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
     seg_kd: str = "bce"  # "bce": BCE against the teacher's probabilities; "mse": MSE on the logits
@@ -57,6 +66,10 @@ class DistillConfig:
             raise ValueError(f"seg_kd {self.seg_kd!r} not in {SEG_KD_MODES}")
         if self.steps_per_epoch < 0:
             raise ValueError("steps_per_epoch must be >= 0 (0 = the whole split)")
+        if self.augment_level not in AUGMENT_LEVELS:
+            raise ValueError(f"augment_level {self.augment_level!r} not in {sorted(AUGMENT_LEVELS)}")
+        if self.balance not in ("", "source"):
+            raise ValueError(f"balance {self.balance!r} not in ['', 'source']")
 
     @classmethod
     def from_dict(cls, d):
@@ -131,14 +144,23 @@ def distill(teacher, student, spec, train_ds, val_ds, config, teacher_size=None,
     torch.manual_seed(config.seed)
     teacher = _frozen(teacher)
     gen = torch.Generator().manual_seed(config.seed)
-    if config.augment:
+    sample_weights = None
+    if config.balance == "source" and spec.kind == "classification":
+        sample_weights = source_balanced_weights(train_ds.sources, train_ds.targets)
+    if config.augment and sample_weights is not None:
+        sampler = torch.utils.data.WeightedRandomSampler(sample_weights.tolist(), len(train_ds), replacement=True,
+                                                         generator=gen)
+        loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler,
+                            drop_last=len(train_ds) > config.batch_size)
+    elif config.augment:
         loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, generator=gen,
                             drop_last=len(train_ds) > config.batch_size)
     else:
         loader = _cached_teacher_loader(teacher, train_ds, config, teacher_size, gen)
     steps = len(loader) if not config.steps_per_epoch else min(len(loader), config.steps_per_epoch)
     opt, sched = make_optimizer(student, config, steps)
-    weights = class_weights(train_ds.targets, len(spec.labels)) if spec.kind == "classification" else None
+    weights = (class_weights(train_ds.targets, len(spec.labels), sample_weights)
+               if spec.kind == "classification" else None)
     best_score, best_state, best_epoch, bad, history = -np.inf, None, 0, 0, []
     t0 = time.time()
     for epoch in range(config.epochs):
@@ -174,7 +196,7 @@ def _kd_epoch(teacher, student, loader, opt, sched, kind, config, weights, teach
         else:
             x, y = batch
             if config.augment:
-                x, y2 = augment(x, y if y.ndim == 3 else None, generator=gen)
+                x, y2 = augment(x, y if y.ndim == 3 else None, generator=gen, **AUGMENT_LEVELS[config.augment_level])
                 y = y if y2 is None else y2
             t_out = teacher_logits(teacher, x, teacher_size)
         loss = kd_loss(kind, student(x), t_out, y, config, weights)

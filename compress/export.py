@@ -8,18 +8,46 @@ import torch
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+# Second output of classifiers: the pooled feature vector (the input of the last Linear layer), scored by the
+# runtime's out-of-distribution check (lungedge.runtime.ood). Logits stay the first output.
+FEATURE_NAME = "features"
 # Max |torch - ONNX Runtime| on the logits relative to max(1, max |torch logit|), per precision.
 TOLERANCES = {"fp32": 1e-3, "fp16": 5e-2, "int8": None}
 
 
-def export_onnx(model, path, size, opset=17):
-    """Export ``model`` (eval mode) for (N, 1, H, W) float32 input with a dynamic batch; returns the path."""
+class WithFeatures(torch.nn.Module):
+    """``model`` returning (logits, pooled features): the features are what enters its last Linear layer."""
+
+    def __init__(self, model):
+        super().__init__()
+        heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        if not heads:
+            raise ValueError(f"{type(model).__name__} has no Linear head to take pooled features from")
+        self.model, self.head = model, heads[-1]
+
+    def forward(self, x):
+        seen = []
+        handle = self.head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            logits = self.model(x)
+        finally:
+            handle.remove()
+        return logits, torch.flatten(seen[-1], 1)
+
+
+def export_onnx(model, path, size, opset=17, features=False):
+    """Export ``model`` (eval mode) for (N, 1, H, W) float32 input with a dynamic batch; returns the path.
+
+    features: also export the pooled feature vector as the second output ``FEATURE_NAME`` (classifiers).
+    """
     model = model.eval()
     example = torch.zeros(2, 1, size[0], size[1])
+    names = [OUTPUT_NAME, FEATURE_NAME] if features else [OUTPUT_NAME]
+    module = WithFeatures(model).eval() if features else model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), path, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          opset_version=opset, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        torch.onnx.export(module, (example,), path, input_names=[INPUT_NAME], output_names=names,
+                          opset_version=opset, dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME] + names},
                           dynamo=False)
     check_onnx(path)
     return path

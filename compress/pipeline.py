@@ -36,11 +36,12 @@ from lungedge.compress.distill import distill
 from lungedge.compress.errors import CompressError, GateFailed
 from lungedge.compress.export import INPUT_NAME, OUTPUT_NAME, export_onnx, verify_onnx
 from lungedge.compress.prune import count_macs, prune
+from lungedge.compress.quality import quality_calibration
 from lungedge.compress.recipe import QUANT_KEYS, Recipe, load_recipe
 from lungedge.models.data import load_split
 from lungedge.models.registry import build
 from lungedge.models.tasks import task
-from lungedge.models.train import evaluate, load_model, predict, segmentation_loss
+from lungedge.models.train import evaluate, load_model, open_lung_crop, predict, segmentation_loss
 from lungedge.runtime.bundle import SCHEMA_VERSION, artifact_entry, sha256_file, write_manifest
 from lungedge.runtime.datasets import read_manifest_csv, select
 
@@ -71,7 +72,13 @@ class Run:
     baseline_val: dict
     baseline_test: dict
     threads: int = None
+    crop: object = None  # runtime.pipelines.LungCrop when the baseline was trained on lung crops
     decisions: list = dataclasses.field(default_factory=list)
+
+    @property
+    def steps(self):
+        """The student's preprocessing: the task's steps at its input size, with the baseline's options."""
+        return self.spec.steps(self.size, self.baseline_cfg.equalize)
 
     def record(self, stage, variant, setting, verdict, action):
         entry = {"stage": stage, "variant": variant, "setting": setting, "verdict": verdict.to_dict(),
@@ -115,14 +122,18 @@ def prepare(recipe, baseline_run_dir, data_dir, threads=None):
                             f"was trained for {cfg.task}")
     spec = task(recipe.task)
     size, base_size = recipe.input_size or cfg.size, cfg.size
-    train_ds = load_split(data_dir, spec, "train", size, _bar("load train"))
-    val_ds = load_split(data_dir, spec, "val", size, _bar("load val"))
-    test_ds = load_split(data_dir, spec, "test", size, _bar("load test"))
+    crop = open_lung_crop(cfg, threads)  # the student sees the teacher's lung crops, as the runtime will
+    steps, base_steps = spec.steps(size, cfg.equalize), spec.steps(base_size, cfg.equalize)
+    train_ds = load_split(data_dir, spec, "train", size, _bar("load train"), steps=steps, crop=crop)
+    val_ds = load_split(data_dir, spec, "val", size, _bar("load val"), steps=steps, crop=crop)
+    test_ds = load_split(data_dir, spec, "test", size, _bar("load test"), steps=steps, crop=crop)
     if size == base_size:
         base_val_ds, base_test_ds = val_ds, test_ds
     else:
-        base_val_ds = load_split(data_dir, spec, "val", base_size, _bar("load val (baseline size)"))
-        base_test_ds = load_split(data_dir, spec, "test", base_size, _bar("load test (baseline size)"))
+        base_val_ds = load_split(data_dir, spec, "val", base_size, _bar("load val (baseline size)"),
+                                 steps=base_steps, crop=crop)
+        base_test_ds = load_split(data_dir, spec, "test", base_size, _bar("load test (baseline size)"),
+                                  steps=base_steps, crop=crop)
     rule = recipe.gate.threshold_rule
     baseline_val = G.measure(spec, predict(baseline, base_val_ds), base_val_ds.targets, rule)
     baseline_test = evaluate(spec, predict(baseline, base_test_ds), base_test_ds.targets,
@@ -132,7 +143,7 @@ def prepare(recipe, baseline_run_dir, data_dir, threads=None):
     return Run(recipe=recipe, spec=spec, size=size, base_size=base_size, data_dir=data_dir, train_ds=train_ds,
                val_ds=val_ds, test_ds=test_ds, base_val_ds=base_val_ds, base_test_ds=base_test_ds,
                baseline=baseline, baseline_cfg=cfg, baseline_val=baseline_val, baseline_test=baseline_test,
-               threads=threads)
+               threads=threads, crop=crop)
 
 
 def _teacher_size(run):
@@ -220,7 +231,8 @@ def prune_stage(run, model):
 
 def export_stage(run, model, path):
     """FP32 ONNX of ``model`` verified against torch on real validation images; returns the verify report."""
-    export_onnx(model, path, (run.size, run.size), opset=run.recipe.export.opset)
+    export_onnx(model, path, (run.size, run.size), opset=run.recipe.export.opset,
+                features=run.spec.kind == "classification")
     images = run.val_ds.images[:run.recipe.export.verify_images]
     report = verify_onnx(model, path, images, "fp32")
     if not report["passed"]:
@@ -252,8 +264,8 @@ def calibration_reader(run, limit):
         records = [r for r in records if r.label in run.spec.labels]
     else:
         records = [r for r in records if r.mask]
-    return CalibrationReader(records, run.spec.steps(run.size), input_name=INPUT_NAME, batch_size=8,
-                             limit=limit, progress=True)
+    return CalibrationReader(records, run.steps, input_name=INPUT_NAME, batch_size=8,
+                             limit=limit, progress=True, crop=run.crop)
 
 
 def quantize_stage(run, fp32_path, qconfig, out_path, work_dir):
@@ -395,14 +407,14 @@ def write_golden(bundle_dir, fp32_path, images, measured, threads=None):
             "measured_onnxruntime": {p: float(v) for p, v in measured.items()}}
 
 
-def base_manifest(spec, size, name, description=""):
+def base_manifest(spec, size, name, description="", steps=None):
     """The data half of a manifest (everything but artifacts, golden, provenance, metrics)."""
     out_shape = [-1, len(spec.labels)] if spec.kind == "classification" else [-1, 1, size, size]
     manifest = {"schema_version": SCHEMA_VERSION, "name": name, "task": spec.kind, "modality": spec.modality,
                 "input": {"name": INPUT_NAME, "shape": [-1, 1, size, size], "dtype": "float32",
                           "value_range": [-2.0, 2.0]},
                 "output": {"name": OUTPUT_NAME, "kind": "logits", "shape": out_shape},
-                "preprocessing": spec.steps(size), "labels": list(spec.labels),
+                "preprocessing": steps or spec.steps(size), "labels": list(spec.labels),
                 "positive_label": spec.positive_label}
     if description:
         manifest["description"] = description
@@ -518,8 +530,11 @@ def _build_bundle(run, model, staging, work, distill_report, prune_report, basel
     if prune_report and prune_report["config"]["macs_ratio"] < 1.0:
         name += f"-p{int(round(prune_report['config']['macs_ratio'] * 100))}"
     name += "-int8" if any(a["precision"] == "int8" for a in artifacts.values()) else "-fp32"
-    manifest = base_manifest(spec, run.size, name, recipe.description)
+    manifest = base_manifest(spec, run.size, name, recipe.description, steps=run.steps)
     manifest.update(artifacts=artifacts, golden=golden, thresholds=thresholds, cpu_default=cpu_default)
+    if run.crop is not None:
+        manifest["input_crop"] = run.crop.spec
+    manifest["quality"] = quality_calibration(run, staging, artifacts)
     base_onnx = os.path.join(work, "baseline.onnx")
     export_onnx(run.baseline, base_onnx, (run.base_size, run.base_size), opset=recipe.export.opset)
     example = torch.zeros(1, 1, run.size, run.size)

@@ -1,6 +1,7 @@
 """Torch datasets over the runtime's readers and preprocessing, plus batch augmentation for training."""
 
 import math
+import os
 
 import cv2
 import numpy as np
@@ -29,16 +30,24 @@ def load_mask(path, box):
 
 
 class TaskDataset(Dataset):
-    """Preprocessed images of one split held in memory (the dev pack is small); labels or masks as targets."""
+    """Preprocessed images of one split held in memory (the dev pack is small); labels or masks as targets.
 
-    def __init__(self, records, spec, size, progress=None):
+    crop: an optional ``runtime.pipelines.LungCrop`` applied to each decoded image before the preprocessing
+    steps, exactly as ``XrayPipeline`` applies it at inference (classification only).
+    """
+
+    def __init__(self, records, spec, size, progress=None, steps=None, crop=None):
         self.records, self.spec = list(records), spec
         self.size = size
-        steps = spec.steps(size)
+        steps = steps or spec.steps(size)
+        if crop is not None and spec.kind != "classification":
+            raise ValueError("a lung crop applies to classification images only")
         self.images = np.zeros((len(self.records), 1, size, size), np.float32)
         self.targets = []
         for i, rec in enumerate(progress(self.records) if progress else self.records):
             array, meta = read_image(rec.image)
+            if crop is not None:
+                array, meta, _ = crop(array, meta, {"file": os.path.basename(rec.image)})
             self.images[i], meta = preprocess(array, meta, steps)
             if spec.kind == "classification":
                 self.targets.append(spec.labels.index(rec.label))
@@ -47,6 +56,7 @@ class TaskDataset(Dataset):
                 self.targets.append(mask)
         self.targets = np.asarray(self.targets, np.int64 if spec.kind == "classification" else np.uint8)
         self.patients = [r.patient_id for r in self.records]
+        self.sources = [r.extra.get("source", "") for r in self.records]
 
     def __len__(self):
         return len(self.records)
@@ -55,19 +65,34 @@ class TaskDataset(Dataset):
         return torch.from_numpy(self.images[i]), torch.as_tensor(self.targets[i])
 
 
-def load_split(data_dir, spec, split, size, progress=None):
-    """Dataset of one split of a dev-pack style folder (manifest.csv)."""
+def load_split(data_dir, spec, split, size, progress=None, steps=None, crop=None):
+    """Dataset of one split of a dev-pack style folder (manifest.csv); ``crop``: see ``TaskDataset``."""
     records = select(read_manifest_csv(data_dir), split=split)
     if spec.kind == "classification":
         records = [r for r in records if r.label in spec.labels]
     else:
         records = [r for r in records if r.mask]
-    return TaskDataset(records, spec, size, progress)
+    return TaskDataset(records, spec, size, progress, steps=steps, crop=crop)
+
+
+# Augmentation strengths for ``augment`` (plain data; the train config names one).
+AUGMENT_LEVELS = {
+    "standard": {"max_rotate": 10.0, "scale": (0.9, 1.1), "shift": 0.06, "contrast": 0.15},
+    # Against source shortcuts: wider geometry (incl. anisotropic scale), gamma, blur/sharpen and noise, so
+    # scanner- and export-specific contrast, sharpness and framing stop being cues.
+    "strong": {"max_rotate": 15.0, "scale": (0.8, 1.2), "shift": 0.10, "contrast": 0.3, "aspect": 0.1,
+               "gamma": (0.6, 1.6), "blur": 0.5, "noise": 0.05},
+}
 
 
 def augment(images, masks=None, generator=None, max_rotate=10.0, scale=(0.9, 1.1), shift=0.06,
-            contrast=0.15):
-    """Random affine (rotation, scale, shift) and contrast/brightness jitter on a batch; masks follow."""
+            contrast=0.15, aspect=0.0, gamma=None, blur=0.0, noise=0.0, mean=0.5, std=0.25):
+    """Random affine (rotation, scale, shift) and contrast/brightness jitter on a batch; masks follow.
+
+    Optional (the "strong" level): ``aspect`` anisotropic scale, ``gamma`` range applied on the [0, 1] image
+    (undoing the ``standardize`` step's ``mean``/``std``), ``blur`` probability of a 3x3 blur or sharpen, and
+    Gaussian ``noise`` (std in [0, 1] units, drawn per image up to this value).
+    """
     n = images.shape[0]
     g = generator
 
@@ -76,13 +101,25 @@ def augment(images, masks=None, generator=None, max_rotate=10.0, scale=(0.9, 1.1
 
     angle = uniform(-max_rotate, max_rotate) * math.pi / 180
     s = uniform(*scale)
+    sx, sy = (s * (1 + uniform(-aspect, aspect)), s * (1 + uniform(-aspect, aspect))) if aspect else (s, s)
     tx, ty = uniform(-shift, shift), uniform(-shift, shift)
-    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos / sx, -sin / sx, tx], 1), torch.stack([sin / sy, cos / sy, ty], 1)], 1)
     grid = F.affine_grid(theta, images.shape, align_corners=False)
     # Fill outside with the darkest value (the letterbox pad), not 0 after standardisation.
     floor = images.amin(dim=(1, 2, 3), keepdim=True)
     out = F.grid_sample(images - floor, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + floor
+    if gamma is not None:
+        unit = (out * std + mean).clamp(0.0, 1.0)
+        unit = unit ** uniform(*gamma).view(n, 1, 1, 1)
+        out = (unit - mean) / std
+    if blur:
+        kernel = torch.full((1, 1, 3, 3), 1.0 / 9.0)
+        smooth = F.conv2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), kernel)
+        amount = uniform(-1.0, 1.0).view(n, 1, 1, 1) * (uniform(0, 1) < blur).float().view(n, 1, 1, 1)
+        out = out + amount * (smooth - out)  # > 0 blurs, < 0 sharpens (unsharp mask)
+    if noise:
+        out = out + torch.randn(out.shape, generator=g) * (uniform(0, noise).view(n, 1, 1, 1) / std)
     out = out * uniform(1 - contrast, 1 + contrast).view(n, 1, 1, 1) + uniform(-contrast, contrast).view(n, 1, 1, 1)
     if masks is None:
         return out, None

@@ -15,9 +15,12 @@ class TaskSpec:
     default_arch: str
     default_size: int
 
-    def steps(self, size):
-        """Preprocessing steps (runtime.preprocess) for a square input of side ``size``."""
-        return xray_steps(size) if self.modality == "xray" else ct_steps(size)
+    def steps(self, size, equalize=False):
+        """Preprocessing steps (runtime.preprocess) for a square input of side ``size``; ``equalize`` adds
+        histogram equalisation (X-ray only)."""
+        if equalize and self.modality != "xray":
+            raise ValueError("histogram equalisation (equalize) is an X-ray option")
+        return xray_steps(size, equalize) if self.modality == "xray" else ct_steps(size)
 
     @property
     def num_outputs(self):

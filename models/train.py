@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lungedge.models.data import IGNORE, augment, load_split
+from lungedge.models.data import AUGMENT_LEVELS, IGNORE, augment, load_split
 from lungedge.models.registry import build, kind_of
 from lungedge.models.tasks import task
 from lungedge.runtime.configs import config_from_dict
@@ -42,6 +42,11 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     augment: bool = True
+    augment_level: str = "standard"  # a key of models.data.AUGMENT_LEVELS
+    balance: str = ""  # "" (shuffle) or "source": sample so no (source, label) cell dominates
+    lung_bundle: str = ""  # X-ray segmentation bundle: classify lung crops (runtime.pipelines.LungCrop)
+    lung_margin: float = 0.05
+    equalize: bool = False  # histogram-equalise X-rays before the letterbox (a recorded preprocessing step)
 
     @classmethod
     def from_dict(cls, d):
@@ -53,15 +58,53 @@ class TrainConfig:
         return dataclasses.replace(self, arch=self.arch or spec.default_arch, size=self.size or spec.default_size)
 
 
+BALANCE_MODES = ("", "source")
+
+
+def check_options(cfg, spec):
+    """Raise ValueError for options that do not fit the task."""
+    if cfg.augment_level not in AUGMENT_LEVELS:
+        raise ValueError(f"augment_level {cfg.augment_level!r}; known: {sorted(AUGMENT_LEVELS)}")
+    if cfg.balance not in BALANCE_MODES:
+        raise ValueError(f"balance {cfg.balance!r}; known: {list(BALANCE_MODES)}")
+    if cfg.lung_bundle and (spec.kind, spec.modality) != ("classification", "xray"):
+        raise ValueError("lung_bundle (lung crops) applies to X-ray classification only")
+
+
+def open_lung_crop(cfg, threads=None):
+    """The LungCrop of a config with ``lung_bundle`` (torch-free runtime predictor), else None."""
+    if not cfg.lung_bundle:
+        return None
+    from lungedge.runtime.pipelines import LungCrop
+    from lungedge.runtime.predictor import Predictor
+
+    return LungCrop(Predictor.from_bundle(cfg.lung_bundle, threads=threads), cfg.lung_margin)
+
+
+def source_balanced_weights(sources, targets, power=0.5):
+    """Per-sample weights giving each (source, label) cell a share proportional to count**power.
+
+    power 0 equalises the cells (tiny cells would then be repeated endlessly), 1 is plain shuffling; 0.5
+    shrinks the large cells that carry a source shortcut (one source, one label) without overfitting the few
+    images of a small cell.
+    """
+    cells = list(zip(sources, np.asarray(targets).tolist()))
+    counts = {c: cells.count(c) for c in set(cells)}
+    w = np.array([counts[c] ** power / counts[c] for c in cells], np.float64)
+    return w / w.sum()
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def class_weights(targets, n):
-    """Inverse-frequency weights normalised to mean 1 (class-balanced loss)."""
-    counts = np.bincount(targets, minlength=n).astype(np.float64)
+def class_weights(targets, n, sample_weights=None):
+    """Inverse-frequency weights normalised to mean 1 (class-balanced loss), of the sampled label mix."""
+    if sample_weights is not None:  # expected counts per class of one epoch drawn with these weights
+        sample_weights = np.asarray(sample_weights, np.float64) * (len(targets) / np.sum(sample_weights))
+    counts = np.bincount(targets, weights=sample_weights, minlength=n).astype(np.float64)
     w = counts.sum() / np.maximum(counts, 1) / n
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
@@ -134,9 +177,10 @@ def make_optimizer(model, cfg, steps_per_epoch):
 def train_epoch(model, loader, opt, sched, loss_fn, cfg, gen, desc):
     model.train()
     total, n = 0.0, 0
+    level = AUGMENT_LEVELS[cfg.augment_level]
     for x, y in tqdm(loader, desc=desc, leave=False, unit="batch"):
         if cfg.augment:
-            x, y2 = augment(x, y if y.ndim == 3 else None, generator=gen)
+            x, y2 = augment(x, y if y.ndim == 3 else None, generator=gen, **level)
             y = y if y2 is None else y2
         loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -174,24 +218,36 @@ def train(cfg, out_dir, resume=False):
     spec = task(cfg.task)
     if kind_of(cfg.arch) != spec.kind:
         raise ValueError(f"{cfg.arch} is a {kind_of(cfg.arch)} model; task {cfg.task} needs {spec.kind}")
+    check_options(cfg, spec)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     os.makedirs(out_dir, exist_ok=True)
+    crop = open_lung_crop(cfg, threads=cfg.threads or None)
     save_json(os.path.join(out_dir, "config.json"), {"config": dataclasses.asdict(cfg), "task": dataclasses.asdict(spec),
-                                                     "preprocessing": spec.steps(cfg.size)})
+                                                     "preprocessing": spec.steps(cfg.size, cfg.equalize),
+                                                     "input_crop": crop.spec if crop else None})
 
     def bar(desc):
         return lambda it: tqdm(it, desc=desc, leave=False, unit="img")
 
-    train_ds = load_split(cfg.data, spec, "train", cfg.size, bar("load train"))
-    val_ds = load_split(cfg.data, spec, "val", cfg.size, bar("load val"))
+    steps = spec.steps(cfg.size, cfg.equalize)
+    train_ds = load_split(cfg.data, spec, "train", cfg.size, bar("load train"), steps=steps, crop=crop)
+    val_ds = load_split(cfg.data, spec, "val", cfg.size, bar("load val"), steps=steps, crop=crop)
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=len(train_ds) > cfg.batch_size)
+    drop_last = len(train_ds) > cfg.batch_size
+    sample_weights = None
+    if cfg.balance == "source":
+        sample_weights = source_balanced_weights(train_ds.sources, train_ds.targets)
+        sampler = torch.utils.data.WeightedRandomSampler(sample_weights.tolist(), len(train_ds), replacement=True,
+                                                         generator=gen)
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last)
+    else:
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last)
     model = build(cfg.arch, spec.num_outputs)
     opt, sched = make_optimizer(model, cfg, len(loader))
     if spec.kind == "classification":
-        weights = class_weights(train_ds.targets, len(spec.labels))
+        weights = class_weights(train_ds.targets, len(spec.labels), sample_weights)
         loss_fn = lambda out, y: F.cross_entropy(out, y, weight=weights)  # noqa: E731
     else:
         loss_fn = segmentation_loss
@@ -232,8 +288,10 @@ def final_metrics(cfg, out_dir):
     """Validation (threshold fit) and test metrics of the best weights; writes metrics.json."""
     spec = task(cfg.task)
     model, _ = load_model(out_dir)
-    val_ds = load_split(cfg.data, spec, "val", cfg.size)
-    test_ds = load_split(cfg.data, spec, "test", cfg.size)
+    crop = open_lung_crop(cfg, threads=cfg.threads or None)
+    steps = spec.steps(cfg.size, cfg.equalize)
+    val_ds = load_split(cfg.data, spec, "val", cfg.size, steps=steps, crop=crop)
+    test_ds = load_split(cfg.data, spec, "test", cfg.size, steps=steps, crop=crop)
     val = evaluate(spec, predict(model, val_ds), val_ds.targets)
     test = evaluate(spec, predict(model, test_ds), test_ds.targets, threshold=val["threshold"])
     metrics = {"val": val, "test": test, "n_val": len(val_ds), "n_test": len(test_ds),
@@ -256,11 +314,21 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augment-level", default="standard", choices=sorted(AUGMENT_LEVELS),
+                   help="strong: wider geometry, gamma, blur/sharpen, noise (against source shortcuts)")
+    p.add_argument("--balance", default="", choices=list(BALANCE_MODES),
+                   help="source: shrink (source, label) cells that carry a source shortcut")
+    p.add_argument("--lung-bundle", default="", help="X-ray lung segmentation bundle: train on lung crops "
+                   "(recorded in the run, then in every bundle built from it; inference needs the same bundle)")
+    p.add_argument("--lung-margin", type=float, default=0.05, help="crop margin per side, fraction of the box")
+    p.add_argument("--equalize", action="store_true", help="histogram-equalise X-rays (recorded preprocessing step)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, metrics)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     a = p.parse_args(argv[1:] if argv and argv[0] == "train" else argv)
     cfg = TrainConfig(task=a.task, data=a.data, arch=a.arch, size=a.size, epochs=a.epochs, batch_size=a.batch_size,
-                      lr=a.lr, patience=a.patience, seed=a.seed, threads=a.threads, augment=not a.no_augment)
+                      lr=a.lr, patience=a.patience, seed=a.seed, threads=a.threads, augment=not a.no_augment,
+                      augment_level=a.augment_level, balance=a.balance, lung_bundle=a.lung_bundle,
+                      lung_margin=a.lung_margin, equalize=a.equalize)
     metrics = train(cfg, a.out, resume=a.resume)
     print(json.dumps({"val": metrics["val"].get("score"), "test": {k: v for k, v in metrics["test"].items()
                                                                       if not isinstance(v, dict)}}, indent=2))

@@ -17,6 +17,13 @@ Manifest (schema version 1), plain data in the spirit of MONAI's ``network_data_
     golden          optional: {"path": "golden.npz", "sha256": ..., "tolerances": {"fp32": 1e-4, ...}}
     provenance      {"baseline": ..., "recipe": {...}, "calibration": {...}, "git_commit": ..., "created": ...}
     metrics         {"val": {...}, "test": {...}, "gate": [...]}
+    quality         optional input quality control (lungedge.runtime.quality, lungedge.runtime.ood):
+                    {"view": "frontal" | "any", "min_age_years": N, "pixel": {check: {"min_refuse", ...}},
+                     "ood": {artifact key: {"path": "ood-<key>.npz", "sha256", "feature_output",
+                             "thresholds": {"mahalanobis", "energy"}, "acceptance", ...}},
+                     "area": {label: [low, high] fraction of the image}}
+                    Without "ood" for the artifact that runs, results say the bundle has no
+                    out-of-distribution check.
 """
 
 import hashlib
@@ -25,6 +32,7 @@ import os
 
 from lungedge.runtime.errors import BundleError
 from lungedge.runtime.preprocess import check_steps
+from lungedge.runtime.quality import validate_quality_spec
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -32,7 +40,7 @@ TASKS = ("classification", "segmentation")
 MODALITIES = ("xray", "ct")
 REQUIRED = ("schema_version", "name", "task", "modality", "input", "output", "preprocessing", "labels",
             "thresholds", "artifacts", "provenance")
-OPTIONAL = ("positive_label", "golden", "metrics", "description", "cpu_default")
+OPTIONAL = ("positive_label", "golden", "metrics", "description", "input_crop", "quality", "cpu_default")
 CPU_DEFAULT_BACKENDS = ("onnxruntime", "openvino")
 
 
@@ -97,6 +105,13 @@ def validate_manifest(manifest):
                 raise BundleError(f"artifact {key!r} lacks {field!r}")
         if os.path.isabs(art["path"]) or ".." in art["path"].replace("\\", "/").split("/"):
             raise BundleError(f"artifact {key!r} path {art['path']!r} escapes the bundle")
+    if "quality" in manifest:
+        validate_quality_spec(manifest["quality"], manifest["modality"])
+        for key, entry in (manifest["quality"].get("ood") or {}).items():
+            if key not in manifest["artifacts"]:
+                raise BundleError(f"quality.ood names artifact {key!r}, which the bundle does not have")
+            if os.path.isabs(entry.get("path", "")) or ".." in entry.get("path", "").replace("\\", "/").split("/"):
+                raise BundleError(f"quality.ood[{key!r}] path escapes the bundle")
     _check_cpu_default(manifest)
 
 
@@ -119,9 +134,10 @@ def _check_cpu_default(manifest):
 class Bundle:
     """A loaded, verified bundle: ``manifest`` (dict) and ``path_of(key)`` for its files."""
 
-    def __init__(self, root, manifest):
+    def __init__(self, root, manifest, manifest_sha256=None):
         self.root = root
         self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256  # of manifest.json as read (identifies the bundle)
 
     @classmethod
     def load(cls, root, verify=True):
@@ -135,7 +151,7 @@ class Bundle:
         except (OSError, ValueError) as exc:
             raise BundleError(f"cannot read {mpath}: {exc}") from None
         validate_manifest(manifest)
-        bundle = cls(root, manifest)
+        bundle = cls(root, manifest, sha256_file(mpath))
         if verify:
             bundle.verify()
         return bundle
@@ -145,6 +161,8 @@ class Bundle:
         entries = dict(self.manifest["artifacts"])
         if self.manifest.get("golden"):
             entries["golden"] = self.manifest["golden"]
+        for key, entry in ((self.manifest.get("quality") or {}).get("ood") or {}).items():
+            entries[f"quality.ood[{key}]"] = entry
         for key, art in entries.items():
             path = os.path.join(self.root, art["path"])
             if not os.path.isfile(path):

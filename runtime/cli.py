@@ -1,7 +1,8 @@
 """The ``lungedge`` command. ``infer`` and ``selftest`` live here; the torch-side commands live elsewhere.
 
 Exit status: 0 success; 1 some input failed (infer) or the self-test failed; 2 nothing could run (bad bundle,
-missing backend, missing extra, usage error).
+missing backend, missing extra, usage error). An input refused by quality control is "not assessed": an outcome,
+counted apart from errors, not a failure.
 """
 
 import argparse
@@ -23,11 +24,14 @@ EXTERNAL_COMMANDS = {
     "bench": "lungedge.benchmarks.cli",
     "demo": "lungedge.benchmarks.demo",
     "serve": "lungedge.runtime.service",
+    "dicom-node": "lungedge.runtime.dicom_node.cli",
 }
 # `lungedge export triton` needs no torch, so it stays on the runtime side (other exports need compress).
 TORCH_FREE_EXPORTS = {"triton": "lungedge.runtime.triton"}
 # Top-level modules that only the compress extra installs.
 COMPRESS_EXTRA_MODULES = ("torch", "torchvision", "torch_pruning", "onnx", "onnxscript", "matplotlib")
+# Top-level modules that only the dicom-node extra installs.
+DICOM_NODE_EXTRA_MODULES = ("pynetdicom", "highdicom")
 BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt", "auto")
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -58,6 +62,10 @@ def run_external(argv):
         missing = (exc.name or "").split(".")[0]
         if missing in COMPRESS_EXTRA_MODULES:
             print(f"lungedge {command} needs the compress extra: pip install 'lungedge[compress]' "
+                  f"({missing} is not installed)", file=sys.stderr)
+            return 2
+        if missing in DICOM_NODE_EXTRA_MODULES:
+            print(f"lungedge {command} needs the dicom-node extra: pip install 'lungedge[dicom-node]' "
                   f"({missing} is not installed)", file=sys.stderr)
             return 2
         if exc.name and module_name.startswith(exc.name):
@@ -96,7 +104,8 @@ def build_parser():
     selftest.add_argument("bundle")
     _add_backend_options(selftest)
     for name, module in EXTERNAL_COMMANDS.items():
-        sub.add_parser(name, help=f"(from {module}; needs the compress extra)", add_help=False)
+        extra = "dicom-node" if name == "dicom-node" else "compress"
+        sub.add_parser(name, help=f"(from {module}; needs the {extra} extra)", add_help=False)
     return parser
 
 
@@ -175,7 +184,7 @@ def cmd_infer(args):
         return 2
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-    rows, failures = [], []
+    rows, failures, not_assessed = [], [], []
     items = list(zip(args.inputs, _stems(args.inputs)))
     for path, stem in tqdm(items, unit="input", file=sys.stderr, disable=len(items) < 2):
         name = _label(path)
@@ -189,6 +198,8 @@ def cmd_infer(args):
             rows.append(report.summary_row(name, error=message))
             continue
         rows.append(report.summary_row(name, result))
+        if result.get("assessed") is False:
+            not_assessed.append(f"{name}: {result.get('reason', '')}")
         if args.out:
             report.write_json(result, os.path.join(args.out, stem + ".json"))
             if image is not None:
@@ -197,6 +208,14 @@ def cmd_infer(args):
             print(json.dumps(report.jsonable(result), sort_keys=True))
     if args.out:
         report.write_csv(rows, os.path.join(args.out, "summary.csv"))
+    if len(items) > 1 or failures or not_assessed:
+        print(f"{len(items) - len(failures) - len(not_assessed)} assessed, {len(not_assessed)} not assessed, "
+              f"{len(failures)} errors", file=sys.stderr)
+    if not_assessed:
+        print(f"{len(not_assessed)} of {len(items)} inputs not assessed (refused by quality control; no label "
+              "was given):", file=sys.stderr)
+        for message in not_assessed:
+            print(f"  {message}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} of {len(items)} inputs failed:", file=sys.stderr)
         for message in failures:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from lungedge.runtime.errors import InputError
 
 SPLITS = ("train", "val", "test")
+CORE_COLUMNS = ("file", "label", "mask_file", "patient_id", "split")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 
 
@@ -56,7 +57,9 @@ def read_manifest_csv(folder, manifest="manifest.csv"):
             if split not in SPLITS:
                 continue
             mask = row.get("mask_file") or None
-            extra = {k: row[k] for k in ("source", "age_group", "license", "finding") if row.get(k)}
+            # Every other non-empty column (source, age_group, view, licence...) rides along for subgroup
+            # reports; the patient id stays in ``patient_id`` only.
+            extra = {k: v for k, v in row.items() if k and v and k not in CORE_COLUMNS}
             records.append(Record(image=os.path.join(folder, row["file"]), patient_id=patient, split=split,
                                   label=row.get("label") or None,
                                   mask=os.path.join(folder, mask) if mask else None, extra=extra))
@@ -123,5 +126,15 @@ def read_nifti_pairs(images_dir, masks_dir):
 
 
 def select(records, split=None, labels=None):
-    """Records of one split (and, optionally, the given labels)."""
+    """Records of one split ("all" or None: every split) and, optionally, of the given labels."""
+    split = None if split == "all" else split
     return [r for r in records if (split is None or r.split == split) and (labels is None or r.label in labels)]
+
+
+def read_labelled_folder(folder, patient_sep=None):
+    """A dev-pack folder (``manifest.csv``) or, without one, a folder-per-class tree (external data)."""
+    if os.path.isfile(os.path.join(folder, "manifest.csv")):
+        return read_manifest_csv(folder)
+    if not os.path.isdir(folder):
+        raise InputError(f"{folder} is not a folder")
+    return read_class_folders(folder, patient_sep=patient_sep)

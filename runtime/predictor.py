@@ -12,10 +12,13 @@ import cv2
 import numpy as np
 
 from lungedge.runtime.backends import create_backend
+from lungedge.runtime.backends.base import Backend
 from lungedge.runtime.bundle import Bundle
 from lungedge.runtime.errors import BundleError, InputError
 from lungedge.runtime.io import read_any
+from lungedge.runtime.ood import OodScorer, area_findings
 from lungedge.runtime.preprocess import preprocess, undo_letterbox
+from lungedge.runtime.quality import NOT_ASSESSED, Assessment, QualityControl
 
 RESULT_SCHEMA = "lungedge.result/1"
 MODALITY_NAMES = {"xray": "X-ray", "ct": "CT"}
@@ -105,7 +108,27 @@ class Predictor:
         self.output_kind = m["output"].get("kind", "logits")
         self.positive_label = m.get("positive_label")
         self.threshold = self._threshold()
+        self.quality = QualityControl.from_manifest(m)
+        self.area_bands = (m.get("quality") or {}).get("area") or {}
+        self.ood, self.ood_note = self._ood(bundle, artifact_key, backend)
 
+    def _ood(self, bundle, artifact_key, backend):
+        """(OodScorer or None, why there is none): bundles without a calibration say so in every result."""
+        if not self.quality.enabled:
+            return None, "quality control is switched off in this bundle's manifest (quality.enabled false)"
+        if self.task != "classification":
+            return None, "segmenters have no feature-distance check; predicted areas are checked against " \
+                         "plausible bands where the bundle gives them"
+        scorer = OodScorer.from_bundle(bundle, artifact_key)
+        if scorer is None:
+            return None, f"no out-of-distribution check: the bundle has no calibration for artifact {artifact_key!r}"
+        if type(backend).run_outputs is Backend.run_outputs:
+            return None, (f"no out-of-distribution check: the {backend.name} backend does not return the feature "
+                          f"output {scorer.feature_output!r}")
+        if scorer.feature_output not in backend.output_names:
+            raise BundleError(f"quality.ood[{artifact_key!r}] names feature output {scorer.feature_output!r}, but the "
+                              f"model's outputs are {list(backend.output_names)}; rebuild the bundle")
+        return scorer, None
     def _threshold(self):
         m = self.manifest
         if self.output_kind not in ("logits", "probabilities"):
@@ -179,14 +202,32 @@ class Predictor:
 
     def infer(self, tensors):
         """Run preprocessed (1, H, W) tensors as one batch; returns the model's first output."""
+        return self.infer_with_features(tensors)[0]
+
+    def infer_with_features(self, tensors):
+        """(first output, pooled features or None): features only when the bundle has an OOD calibration."""
         batch = np.stack(tensors).astype(np.float32)
-        out = self.backend.run(batch)
+        if self.ood is None:
+            out, features = self.backend.run(batch), None
+        else:
+            first = self.backend.output_names[0]
+            outs = self.backend.run_outputs(batch, [first, self.ood.feature_output])
+            out, features = outs[first], outs[self.ood.feature_output].reshape(len(batch), -1)
         if out.shape[0] != batch.shape[0]:
             raise BundleError(f"model returned {out.shape[0]} results for a batch of {batch.shape[0]}")
-        return out
+        return out, features
+
+    def assess(self, array, meta):
+        """Header and pixel quality stages of one read image (an Assessment; ``.refused`` means not assessed)."""
+        return self.quality.assess(array, meta)
 
     def predict(self, path_or_array, meta=None):
         """Predict one image (path or array); returns the result dict."""
+        crop = self.manifest.get("input_crop")
+        if crop:
+            raise BundleError(f"{self.name!r} was trained on lung crops by {crop.get('segmenter')!r}: predict through "
+                              "lungedge.runtime.pipelines.XrayPipeline with that lung bundle (lungedge infer "
+                              "--lung-bundle)")
         array, meta, source = load_input(path_or_array, meta)
         return self.predict_image(array, meta, source)
 
@@ -194,21 +235,59 @@ class Predictor:
         """Predict one already-read image."""
         return self.predict_images([(array, meta, source)])[0]
 
-    def predict_images(self, items):
-        """Predict ``[(array, meta, source), ...]`` in one backend batch; returns one result per item."""
-        prepared = [self.prepare(a, m, s) for a, m, s in items]
-        out = self.infer([t for t, _ in prepared])
+    def predict_images(self, items, assessments=None, check_quality=True):
+        """Predict ``[(array, meta, source), ...]`` in one backend batch; returns one result per item.
+
+        Each result carries a ``quality`` block. Inputs the header or pixel stage refuses are not run: their
+        result has ``assessed`` False and no label. ``assessments`` (one per item) replace the header and pixel
+        stages when a pipeline already ran them on the uncropped image; ``check_quality=False`` skips them.
+        """
+        if assessments is None:
+            assessments = [self.assess(a, m) if check_quality else Assessment() for a, m, _ in items]
+        assessments = [a if a is not None else Assessment() for a in assessments]
+        # A refused image is not preprocessed either (a blank one would fail there with an InputError).
+        prepared = [self.prepare(a, m, s) if not q.refused else (None, None)
+                    for (a, m, s), q in zip(items, assessments)]
+        run = [i for i, a in enumerate(assessments) if not a.refused]
+        out, features = self.infer_with_features([prepared[i][0] for i in run]) if run else (None, None)
+        rows = {i: k for k, i in enumerate(run)}
         results = []
-        for row, (_, net_meta), (_, meta, source) in zip(out, prepared, items):
+        for i, ((_, net_meta), (_, meta, source), assessment) in enumerate(zip(prepared, items, assessments)):
             result = {"schema": RESULT_SCHEMA, "input": dict(source), "bundle": self.info, "task": self.task,
                       "image": {"format": meta.get("format"), "shape": meta.get("shape"), "unit": meta.get("unit"),
                                 "modality": meta.get("modality"), "pixel_spacing": meta.get("pixel_spacing")}}
-            if self.task == "classification":
-                result.update(self.classify(row))
+            if i in rows:
+                row = out[rows[i]]
+                self._model_stage(assessment, row, None if features is None else features[rows[i]])
+                if self.task == "classification":
+                    result.update(self.classify(row))
+                else:
+                    result.update(self.segment(row, net_meta, meta))
+                    for finding in area_findings(result["areas"], self.area_bands):
+                        assessment.add(finding)
             else:
-                result.update(self.segment(row, net_meta, meta))
+                assessment.ood = {"checked": False, "note": "not reached: refused before the model ran"}
+            result["assessed"] = not assessment.refused
+            if assessment.refused:
+                result.update(outcome=NOT_ASSESSED, reason=assessment.summary())
+                for key in ("probabilities", "label", "positive", "mask", "areas"):
+                    result.pop(key, None)
+            result["quality"] = assessment.to_dict()
             results.append(result)
         return results
+
+    def _model_stage(self, assessment, row, features):
+        """Add the model-side OOD scores (classifiers with a calibration) to an assessment."""
+        if self.ood is None:
+            assessment.ood = {"checked": False, "note": self.ood_note}
+            return
+        scores = self.ood.score(features[None], np.asarray(row, np.float64).reshape(1, -1))
+        values = {k: float(v[0]) for k, v in scores.items()}
+        assessment.scores.update({f"ood_{k}": v for k, v in values.items()})
+        assessment.thresholds["model"] = dict(self.ood.thresholds)
+        assessment.ood = self.ood.describe()
+        for finding in self.ood.findings(values):
+            assessment.add(finding)
 
     def classify(self, row):
         """Probabilities per label and the decided label from one output row."""

@@ -91,6 +91,27 @@ def _affine_clip01(array, offset, scale):
     return out
 
 
+def equalize(array, meta, levels=256):
+    """Global histogram equalisation of a [0, 1] image (quantised to ``levels`` grey levels, one LUT pass).
+
+    Spreads every image's grey levels over the same uniform histogram, so scanners, exports and paper figures
+    that differ in contrast curve and windowing look alike: one source shortcut fewer. Run it on the content
+    (before ``letterbox``), so padding does not count.
+    """
+    _check_2d(array)
+    levels = int(levels)
+    if not 2 <= levels <= 65536:
+        raise BundleError(f"equalize: levels must lie in 2..65536, got {levels}")
+    q = np.rint(np.clip(array, 0.0, 1.0) * (levels - 1)).astype(np.int64)
+    hist = np.bincount(q.ravel(), minlength=levels).astype(np.float64)
+    cdf = np.cumsum(hist)
+    first = cdf[np.flatnonzero(hist)[0]]
+    if cdf[-1] - first <= 0:
+        raise InputError("image has no contrast (all pixels equal); nothing to diagnose")
+    lut = np.clip((cdf - first) / (cdf[-1] - first), 0.0, 1.0).astype(np.float32)
+    return lut[q], meta
+
+
 def letterbox(array, meta, size=(256, 256)):
     """Resize keeping the aspect ratio (area when shrinking, bilinear when enlarging), pad centred with 0."""
     _check_2d(array)
@@ -116,6 +137,7 @@ def standardize(array, meta, mean=0.5, std=0.25):
 STEPS = {
     "window_ct": window_ct,
     "scale_to_unit": scale_to_unit,
+    "equalize": equalize,
     "letterbox": letterbox,
     "standardize": standardize,
 }
@@ -228,11 +250,12 @@ def undo_letterbox(mask, box):
     return cv2.resize(crop.astype(np.uint8), (box["orig_w"], box["orig_h"]), interpolation=cv2.INTER_NEAREST)
 
 
-def xray_steps(size):
-    """Default X-ray steps for a square network input of side ``size``."""
-    return [{"op": "scale_to_unit", "low_percentile": 0.5, "high_percentile": 99.5},
-            {"op": "letterbox", "size": [size, size]},
-            {"op": "standardize", "mean": 0.5, "std": 0.25}]
+def xray_steps(size, equalize=False):
+    """Default X-ray steps for a square network input of side ``size`` (``equalize``: histogram-equalised)."""
+    steps = [{"op": "scale_to_unit", "low_percentile": 0.5, "high_percentile": 99.5}]
+    if equalize:
+        steps.append({"op": "equalize", "levels": 256})
+    return steps + [{"op": "letterbox", "size": [size, size]}, {"op": "standardize", "mean": 0.5, "std": 0.25}]
 
 
 def ct_steps(size):

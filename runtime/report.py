@@ -14,6 +14,11 @@ Image result (``schema`` "lungedge.result/1")::
       threshold      the mask threshold (one-channel models), labels
     lung           (X-ray with a lung segmenter) {"bundle", "areas", "crop_box": [x0, y0, x1, y1] | null}
     warnings       optional list of strings
+    assessed       false when quality control refused the input: it is "not assessed", with ``outcome``
+                   "not assessed" and ``reason``, and has no probabilities, label, mask or areas
+    quality        {"status": "accept" | "warn" | "refuse", "reasons": [{"stage", "reason", "status", "message",
+                   "value", "limit"}], "scores": {name: value}, "thresholds": {stage: {...}},
+                   "ood": {"checked": bool, "note" or "feature_output", "acceptance", ...}, "summary"}
 
 CT study result (``schema`` "lungedge.study/1")::
 
@@ -22,7 +27,11 @@ CT study result (``schema`` "lungedge.study/1")::
     covid_probability  aggregated score | null; positive, threshold, positive_label
     lesion_pixels, lung_pixels, lung_area_source ("segmenter" | "hu_threshold" | null), lesion_ratio,
     severity ("CT-0".."CT-4" | null), lesion_volume_ml, lung_volume_ml
-    per_slice        [{"index", "covid_probability", "lesion_pixels", "lung_pixels", "lesion_mm2", "lung_mm2"}]
+    per_slice        [{"index", "covid_probability", "lesion_pixels", "lung_pixels", "lesion_mm2", "lung_mm2",
+                       "quality", "quality_reason"}]  (refused slices count in no aggregate)
+    assessed, quality  the study is not assessed when more than half its slices are refused;
+                       quality {"status", "slices_refused", "slices", "reasons": [{"reason", "slices"}],
+                       "scores": {"refused_fraction"}, "thresholds": {"max_refused_fraction"}, "summary"}
 
 Masks (numpy arrays) stay out of the JSON; they appear in the overlay. Readers never copy patient identifiers
 into ``meta``, so nothing here can write them.
@@ -34,8 +43,11 @@ import json
 import cv2
 import numpy as np
 
+from lungedge.runtime.quality import NOT_ASSESSED
+
+# status: "ok", "not assessed" (refused by quality control: no label) or "error"; quality: accept/warn/refuse.
 CSV_FIELDS = ("input", "status", "task", "label", "probability", "positive", "lesion_ratio", "severity",
-              "area_fraction", "bundle", "backend", "precision", "error")
+              "area_fraction", "bundle", "backend", "precision", "quality", "quality_reason", "error")
 # BGR colours for mask classes 1, 2, 3...
 COLOURS = ((0, 255, 0), (0, 0, 255), (255, 128, 0), (255, 0, 255))
 
@@ -75,6 +87,8 @@ def display_image(array, meta):
 
 
 def _caption(result):
+    if result.get("assessed") is False:
+        return f"NOT ASSESSED: {result.get('reason', '')}"[:90]
     if result.get("task") == "classification":
         label = result["label"]
         return f"{label} {result['probabilities'][label]:.2f}"
@@ -100,7 +114,8 @@ def render_overlay(array, meta, result):
     text = _caption(result)
     org = (int(8 * scale), int(28 * scale))
     cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), int(3 * scale) + 1, cv2.LINE_AA)
-    cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), max(1, int(scale)), cv2.LINE_AA)
+    colour = (0, 165, 255) if result.get("assessed") is False else (255, 255, 255)  # orange: not assessed
+    cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, max(1, int(scale)), cv2.LINE_AA)
     return canvas
 
 
@@ -117,9 +132,13 @@ def summary_row(name, result=None, error=None):
     if error is not None:
         row.update(status="error", error=str(error))
         return row
-    row.update(status="ok", task=result.get("task", ""))
+    quality = result.get("quality") or {}
+    row.update(status=NOT_ASSESSED if result.get("assessed") is False else "ok", task=result.get("task", ""),
+               quality=quality.get("status", ""), quality_reason=quality.get("summary", ""))
     info = result.get("bundle") or next(iter(result.get("bundles", {}).values()), {})
     row.update(bundle=info.get("name", ""), backend=info.get("backend", ""), precision=info.get("precision", ""))
+    if result.get("assessed") is False:
+        return row
     if result.get("task") == "classification":
         positive = result.get("positive_label") or result["label"]
         row.update(label=result["label"], probability=f"{result['probabilities'][positive]:.6f}",

@@ -255,7 +255,7 @@ class Service:
         self._http_thread = None
         self._lock = threading.Lock()  # one inference at a time, watch folder and HTTP alike
         self._stop = threading.Event()
-        self.processed = self.failed = 0
+        self.processed = self.failed = self.not_assessed = 0  # not assessed: refused by quality control
 
     # -- start-up ---------------------------------------------------------------------------------------------
 
@@ -362,8 +362,11 @@ class Service:
             self._give_back(claimed, name)
             raise OutputError(f"cannot write the result of {label} to {self.config.out}: {exc}") from None
         self.processed += 1
+        if result.get("assessed") is False:
+            self.not_assessed += 1
         where = f" -> {stem}.json, input kept as done/{archived}" if self.config.log_names else ""
-        log.info("%s: %s in %.2f s%s", label, _verdict(result), time.monotonic() - start, where)
+        log.info("%s: %s in %.2f s%s", label, _scrub(_verdict(result), name, label), time.monotonic() - start,
+                 where)
 
     def _write_overlay(self, image, result, path):
         folder, name = os.path.split(path)
@@ -475,6 +478,8 @@ def _make_runner(predictor, lung, cfg):
 
 
 def _verdict(result):
+    if result.get("assessed") is False:
+        return f"not assessed ({result.get('reason', '')})"
     if result.get("task") == "classification":
         return f"label {result['label']}"
     if result.get("task") == "segmentation":

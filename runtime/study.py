@@ -91,8 +91,10 @@ def lung_mask_from_hu(slice_hu, hu_max=LUNG_HU_MAX):
     if count <= 1:
         return np.zeros(air.shape, np.uint8)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    inside = np.isin(labels, border, invert=True) & (air > 0)
-    return inside.astype(np.uint8)
+    keep = np.ones(count, np.uint8)  # a lookup per component: far faster than np.isin on the whole slice
+    keep[border] = 0
+    keep[0] = 0  # component 0 is the non-air background
+    return keep[labels]
 
 
 def lesion_ratio(lesion_pixels, lung_pixels):

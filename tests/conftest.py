@@ -1,3 +1,4 @@
+import csv
 import os
 
 import pytest
@@ -39,3 +40,15 @@ def ct_seg_dir():
 @pytest.fixture
 def dicom_dir():
     return data_dir("dicom")
+
+
+@pytest.fixture
+def manifest_rows():
+    """Reader of a dev-pack folder's manifest.csv rows (counts in tests come from the data, never hard-coded)."""
+    return read_manifest_rows
+
+
+def read_manifest_rows(folder):
+    """The rows of a dev-pack folder's manifest.csv read with the csv module alone (counts come from the data)."""
+    with open(os.path.join(folder, "manifest.csv"), newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))

@@ -82,3 +82,21 @@ def test_fast_percentiles_equal_numpy(seed):
     np.testing.assert_allclose(percentiles(img16, qs), np.percentile(img16, qs), rtol=1e-6)
     frac = rng.uniform(0, 255, shape).astype(np.float32)
     np.testing.assert_allclose(percentiles(frac, qs), np.percentile(frac, qs), rtol=1e-6)
+
+
+def test_equalize_by_hand_and_in_the_xray_steps():
+    import numpy as np
+    import pytest
+
+    from lungedge.runtime.errors import InputError
+    from lungedge.runtime.preprocess import check_steps, equalize, xray_steps
+
+    out, _ = equalize(np.array([[0.0, 0.5], [0.5, 1.0]], np.float32), {})
+    # Levels 0, 128, 255 with counts 1, 2, 1: the CDF above the first level, over the rest.
+    assert np.allclose(out, [[0.0, 2 / 3], [2 / 3, 1.0]])
+    with pytest.raises(InputError):
+        equalize(np.full((4, 4), 0.3, np.float32), {})
+    steps = xray_steps(64, equalize=True)
+    assert [s["op"] for s in steps] == ["scale_to_unit", "equalize", "letterbox", "standardize"]
+    check_steps(steps)
+    assert [s["op"] for s in xray_steps(64)] == ["scale_to_unit", "letterbox", "standardize"]

@@ -69,5 +69,14 @@ class OrtBackend(Backend):
         out = self.session.run([self.output_names[0]], {self.input_name: x})[0]
         return np.asarray(out, dtype=np.float32)
 
+    def run_outputs(self, batch, names):
+        """Run one batch; returns {name: float32 array} for the named outputs (one session call)."""
+        missing = [n for n in names if n not in self.output_names]
+        if missing:
+            raise BundleError(f"the model has no outputs {missing}; it has {self.output_names}")
+        x = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        outs = self.session.run(list(names), {self.input_name: x})
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(names, outs)}
+
     def close(self):
         self.session = None

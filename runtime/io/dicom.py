@@ -7,14 +7,17 @@ patient order. Patient identifiers are never copied into ``meta``, and pydicom's
 element values) are kept out of the logs.
 """
 
+import contextlib
 import logging
 import os
+import re
 import warnings
 
 import numpy as np
 
-from lungedge.runtime.errors import InputError
+from lungedge.runtime.errors import InputError, LungedgeError
 from lungedge.runtime.io.image import check_file, check_side, to_gray
+from lungedge.runtime.io.quiet import native_stderr
 
 MODALITIES = {"DX": "xray", "CR": "xray", "CT": "ct"}
 MAX_FRAMES = 2000
@@ -46,6 +49,26 @@ def _silence(pydicom):
     if logger.propagate:
         logger.propagate = False
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+
+
+@contextlib.contextmanager
+def _damaged(name):
+    """Any untyped failure while reading the header or pixels of a damaged file becomes an InputError.
+
+    pydicom parses elements lazily, so a damaged element (unknown VR, bad length, unparsable number) raises
+    only when first touched, from wherever that is (KeyError, ValueError, NotImplementedError, struct.error...).
+    """
+    try:
+        yield
+    except LungedgeError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{name}: corrupt or truncated DICOM ({type(exc).__name__}: {_short(exc)})") from None
+
+
+def _short(exc, limit=200):
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _luts():
@@ -91,7 +114,7 @@ def _open(path, name, stop_before_pixels=False):
     except pydicom.errors.InvalidDicomError:
         raise InputError(f"{name}: not a DICOM file (no DICM preamble)") from None
     except Exception as exc:  # pydicom raises many types on damaged files
-        raise InputError(f"{name}: corrupt or truncated DICOM ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{name}: corrupt or truncated DICOM ({type(exc).__name__}: {_short(exc)})") from None
 
 
 def _modality(ds, name):
@@ -129,9 +152,12 @@ def _pixels(ds, name):
         raise InputError(f"{name}: pixel data is compressed (transfer syntax {uid}) and no decoder for it is "
                          f"installed; install one of: {DECODER_HINTS[uid]}")
     try:
-        return ds.pixel_array
+        with native_stderr() as decoder:  # Pillow's and pylibjpeg's C decoders may print to descriptor 2
+            return ds.pixel_array
     except Exception as exc:  # decoder errors differ between plugins and pydicom versions
-        raise InputError(f"{name}: corrupt or truncated pixel data ({type(exc).__name__}: {exc})") from None
+        said = decoder.summary()
+        raise InputError(f"{name}: corrupt or truncated pixel data ({type(exc).__name__}: {_short(exc)})"
+                         + (f" (decoder: {said})" if said else "")) from None
 
 
 def _display_range(ds, used_voi_lut):
@@ -178,6 +204,11 @@ def read(path):
     """Read one DICOM file; returns (2-D float32 array, or (frames, H, W) for multi-frame, meta)."""
     name = os.path.basename(str(path))
     ds = _open(path, name)
+    with _damaged(name), np.errstate(all="ignore"):  # overflow from damaged LUTs shows up as non-finite values
+        return _read_dataset(ds, name)
+
+
+def _read_dataset(ds, name):
     modality = _modality(ds, name)
     rows, cols, frames = _check_header(ds, name)
     arr = _frames_gray(_pixels(ds, name), ds, frames, name)
@@ -194,8 +225,25 @@ def read(path):
     meta = {"format": "dicom", "unit": unit, "intensity_max": intensity_max, "modality": modality,
             "pixel_spacing": _spacing(ds), "shape": [int(s) for s in out.shape], "frames": frames,
             "photometric": str(ds.get("PhotometricInterpretation", "")),
+            # For quality control: projection and body part (codes, not identifiers); the age as a number only.
+            "view_position": _code(ds.get("ViewPosition")), "body_part": _code(ds.get("BodyPartExamined")),
+            "patient_age_years": parse_age_years(ds.get("PatientAge")),
             "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))}
     return out, meta
+
+
+def _code(value):
+    """A short upper-case code string (ViewPosition, BodyPartExamined), or None when absent or empty."""
+    text = str(value or "").strip().upper()
+    return text[:64] or None
+
+
+def parse_age_years(text):
+    """DICOM PatientAge ("045Y", "003M", "010W", "005D") as years; None when absent or malformed."""
+    match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY])\s*", str(text or "").upper())
+    if not match:
+        return None
+    return int(match.group(1)) / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[match.group(2)]
 
 
 def _slice_key(ds, index):
@@ -235,6 +283,16 @@ def _series_headers(folder):
     return [headers[i] for i in order]
 
 
+def series_headers(folder):
+    """[(path, header dataset)] of the CT slices in ``folder`` in patient order (checked to form one series)."""
+    return _series_headers(folder)
+
+
+def series_files(folder):
+    """Paths of the CT slices in ``folder`` in patient order: the order ``iter_dicom_series`` yields them."""
+    return [path for path, _ in _series_headers(folder)]
+
+
 def _slice_spacing(headers):
     keys = [_slice_key(ds, i) for i, (_, ds) in enumerate(headers)]
     if len(keys) > 1 and all(k[0] == 0 for k in keys):
@@ -244,10 +302,14 @@ def _slice_spacing(headers):
     return float(thickness) if thickness else None
 
 
-def iter_dicom_series(folder):
-    """Yield (HU slice, meta) for a folder of CT slices in patient order, reading one file at a time."""
-    headers = _series_headers(folder)
-    spacing = _slice_spacing(headers)
+def iter_dicom_series(folder, headers=None):
+    """Yield (HU slice, meta) for a folder of CT slices in patient order, reading one file at a time.
+
+    ``headers``: the folder's ``series_headers`` when the caller has read them already.
+    """
+    with _damaged(os.path.basename(os.path.normpath(str(folder)))):
+        headers = _series_headers(folder) if headers is None else headers
+        spacing = _slice_spacing(headers)
     for index, (path, _) in enumerate(headers):
         array, meta = read(path)
         if array.ndim != 2:

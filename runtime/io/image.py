@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from lungedge.runtime.errors import InputError
+from lungedge.runtime.io.quiet import native_stderr
 
 # Refuse images whose side is outside these bounds (checked from the header where the format allows).
 MIN_SIDE = 32
@@ -21,7 +22,8 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 def _png_size(head):
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+    """(h, w) from a PNG's IHDR chunk, or None when ``head`` is not a PNG header (too short included)."""
+    if len(head) >= 24 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
         w, h = struct.unpack(">II", head[16:24])
         return h, w
     return None
@@ -34,7 +36,7 @@ def _jpeg_size(path):
     if data[:2] != b"\xff\xd8":
         return None
     i = 2
-    while i + 9 < len(data):
+    while i + 9 <= len(data):
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
@@ -86,8 +88,22 @@ def to_gray(array, name="image"):
     return array.astype(np.float32)
 
 
+def colour_fraction(raw, intensity_max, tolerance=0.1):
+    """Fraction of pixels whose colour channels differ by more than ``tolerance`` of the range (0 for a
+    grayscale film stored as RGB; large for a photograph)."""
+    step = max(1, int(np.ceil(max(raw.shape[:2]) / 256.0)))
+    bgr = raw[::step, ::step, :3].astype(np.float32)
+    spread = bgr.max(axis=2) - bgr.min(axis=2)
+    return float(np.mean(spread > tolerance * float(intensity_max)))
+
+
 def read_image(path):
     """Read a PNG/JPEG/TIFF file; returns (2-D float32 array, meta)."""
+    with np.errstate(all="ignore"):  # overflow in a damaged file is caught by the finiteness checks instead
+        return _read_image(path)
+
+
+def _read_image(path):
     name = os.path.basename(str(path))
     check_file(path, name)
     with open(path, "rb") as fh:
@@ -95,9 +111,15 @@ def read_image(path):
     dims = _png_size(head) or _jpeg_size(path)
     if dims:
         check_side(dims[0], dims[1], name)
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        with native_stderr() as decoder:
+            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV's own guards (e.g. CV_IO_MAX_IMAGE_WIDTH) raise instead of returning None
+        reason = (str(exc).strip().splitlines() or ["decoder error"])[-1]
+        raise InputError(f"{name}: not a readable PNG/JPEG/TIFF image (OpenCV: {reason[:200]})") from None
     if raw is None:
-        raise InputError(f"{name}: not a readable PNG/JPEG/TIFF image")
+        said = decoder.summary()
+        raise InputError(f"{name}: not a readable PNG/JPEG/TIFF image" + (f" (decoder: {said})" if said else ""))
     check_side(raw.shape[0], raw.shape[1], name)
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
         raise InputError(f"{name}: image contains NaN or infinite pixel values")
@@ -110,12 +132,15 @@ def read_image(path):
     else:
         raise InputError(f"{name}: unsupported pixel type {raw.dtype}")
     was_rgb = raw.ndim == 3 and raw.shape[2] >= 3
+    colour = colour_fraction(raw, intensity_max) if was_rgb else 0.0
     gray = to_gray(raw, name)
     if not np.isfinite(gray).all():
         raise InputError(f"{name}: image contains NaN or infinite pixel values")
     meta = {"format": "image", "unit": "display", "intensity_max": intensity_max, "bits": raw.dtype.itemsize * 8,
-            "converted_from_rgb": bool(was_rgb), "modality": None, "pixel_spacing": None,
+            "converted_from_rgb": bool(was_rgb), "colour_fraction": colour, "modality": None, "pixel_spacing": None,
             "shape": [int(gray.shape[0]), int(gray.shape[1])]}
+    if decoder.summary():  # decoded, but the decoder complained (e.g. a truncated JPEG, grey below the cut)
+        meta["decoder_warning"] = decoder.summary()
     return gray, meta
 
 

@@ -5,11 +5,13 @@ radiological way (anterior up, patient right on the image left), the same layout
 ``pixel_spacing`` is (row, col) in mm, ``slice_spacing`` the distance between slices in mm.
 """
 
+import logging
 import os
+import warnings
 
 import numpy as np
 
-from lungedge.runtime.errors import InputError
+from lungedge.runtime.errors import InputError, LungedgeError
 from lungedge.runtime.io.dicom import MAX_FRAMES
 from lungedge.runtime.io.image import check_file, check_side
 
@@ -19,7 +21,15 @@ def _nibabel():
         import nibabel
     except ImportError:
         raise InputError("reading NIfTI needs nibabel: pip install nibabel") from None
+    _silence()
     return nibabel
+
+
+def _silence():
+    """nibabel reports header fix-ups ("sizeof_hdr should be 348...") on its own stderr handler; keep them off."""
+    logger = logging.getLogger("nibabel.global")
+    if not logger.disabled:
+        logger.disabled = True
 
 
 def _load(path, name):
@@ -30,6 +40,18 @@ def _load(path, name):
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for damaged headers
         raise InputError(f"{name}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():  # nibabel warns on damaged affines
+            warnings.simplefilter("ignore")
+            return _checked(nib, img, name)
+    except LungedgeError:
+        raise
+    except Exception as exc:  # a damaged affine or header field fails inside nibabel, with many types
+        raise InputError(f"{name}: corrupt NIfTI header ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _checked(nib, img, name):
+    """Size guards from the header, then the canonical image and its (slope, intercept)."""
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -77,7 +99,8 @@ def iter_slices(path):
     view = _layout(canonical)
     meta = _meta(canonical, name, view.shape[0])
     for index in range(view.shape[0]):
-        hu = view[index].astype(np.float32) * np.float32(slope) + np.float32(inter)
+        with np.errstate(all="ignore"):  # a huge slope overflows to inf, refused just below
+            hu = view[index].astype(np.float32) * np.float32(slope) + np.float32(inter)
         if not np.isfinite(hu).all():
             raise InputError(f"{name}: slice {index} contains NaN or infinite values")
         yield np.ascontiguousarray(hu), dict(meta, slice_index=index, slices=view.shape[0])
@@ -87,7 +110,8 @@ def read(path):
     """Read a NIfTI CT volume; returns ((slices, H, W) float32 HU volume, meta)."""
     name = os.path.basename(str(path))
     canonical, slope, inter = _load(path, name)
-    volume = _layout(canonical).astype(np.float32) * np.float32(slope) + np.float32(inter)
+    with np.errstate(all="ignore"):
+        volume = _layout(canonical).astype(np.float32) * np.float32(slope) + np.float32(inter)
     if not np.isfinite(volume).all():
         raise InputError(f"{name}: volume contains NaN or infinite values")
     return np.ascontiguousarray(volume), _meta(canonical, name, volume.shape[0])

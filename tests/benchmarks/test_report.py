@@ -50,7 +50,7 @@ def test_plots_are_written_from_json(cls_results, seg_results, tmp_path):
     seg = R.load_results(seg_results[1])
     written = P.plot_all(cls, str(tmp_path)) + [P.dice_distribution(seg, str(tmp_path / "d.png"))]
     names = sorted(os.path.basename(p) for p in written)
-    assert names == ["d.png", "pareto.png", "roc.png"]
+    assert names == ["d.png", "pareto.png", "reliability.png", "roc.png"]  # no subgroups asked: no bars
     assert all(os.path.getsize(p) > 2000 for p in written)
 
 
@@ -100,3 +100,32 @@ def test_benchmarks_md(cls_results, seg_results, tmp_path):
     assert f"]({rel}/roc.png)" in text
     statuses = {line.split("|")[-3].strip() for line in text.splitlines() if line.startswith("| X-ray")}
     assert statuses <= {"**met**", "**missed**", "**unproven**", "**not measured**"}
+
+
+def test_plain_verdicts_say_what_failed_and_by_how_much():
+    from lungedge.benchmarks.report import plain_verdicts
+
+    results = {"data": {"n_images": 30}, "rows": [
+        {"name": "ref"},
+        {"name": "ok", "verdict": "PASS", "deltas": {}},
+        {"name": "unproven", "verdict": "FAIL", "deltas": {
+            "auc": {"delta": -0.004, "low": -0.06, "high": 0.03, "tolerance": 0.01, "verdict": "FAIL"},
+            "sensitivity": {"delta": 0.0, "low": -0.01, "high": 0.0, "tolerance": 0.02, "verdict": "PASS"}}},
+        {"name": "worse", "verdict": "FAIL", "deltas": {
+            "auc": {"delta": -0.05, "low": -0.09, "high": -0.02, "tolerance": 0.01, "verdict": "FAIL"}}}]}
+    lines = plain_verdicts(results)
+    assert lines[0].startswith("ok passed")
+    assert "unproven FAILED" in lines[1] and "auc changed by -0.004" in lines[1] and "30 test images cannot show it" in lines[1]
+    assert "sensitivity" not in lines[1]
+    assert "worse FAILED" in lines[2] and "the compressed model is worse" in lines[2] and "Do not deploy" in lines[2]
+
+
+def test_included_reports_are_demoted_and_relinked(tmp_path):
+    folder = tmp_path / "docs" / "qc"
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("# QC\n\ntext ![plot](plot.png) [web](https://x.org/a)\n\n```\n# not a heading\n```\n"
+                                      "### Sub\n", encoding="utf-8")
+    text = MB.demote_headings(str(folder / "report.md"))
+    lines = text.splitlines()
+    assert lines[0] == "## QC" and "#### Sub" in lines and "# not a heading" in lines
+    assert f"![plot]({folder / 'plot.png'})" in text and "(https://x.org/a)" in text

@@ -33,8 +33,12 @@ def one_thread():
 
 
 def real_split(folder, spec, split, n, size):
+    """The first ``n`` images of a split, labels taken in turn (the manifest is sorted by source, not label)."""
     records = [r for r in select(read_manifest_csv(folder), split=split)
                if (r.label in spec.labels if spec.kind == "classification" else r.mask)]
+    if spec.kind == "classification":
+        by_label = [[r for r in records if r.label == label] for label in spec.labels]
+        records = [r for group in zip(*by_label) for r in group]
     return TaskDataset(records[:n], spec, size)
 
 

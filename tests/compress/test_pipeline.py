@@ -136,6 +136,38 @@ def test_compress_writes_a_verified_gated_bundle(pack, tmp_path, monkeypatch):
     assert run_selftest(str(out), backend="auto", threads=1)["passed"]
     text = render(m)
     assert "onnx-int8-trt" in text and "PASS" in text and "MMACs" in text
+    _check_quality_calibration(str(out), m, data)
+
+
+def _check_quality_calibration(out, m, data):
+    """Every ONNX Runtime artifact has its own OOD calibration, on its own features, applied by the runtime."""
+    from lungedge.runtime.ood import OodScorer
+    from lungedge.runtime.predictor import Predictor
+
+    ood = m["quality"]["ood"]
+    assert m["quality"]["view"] == "frontal"
+    assert set(ood) == {"onnx-fp32", "onnx-int8", "onnx-fp16"}  # not the TensorRT source model
+    for entry in ood.values():
+        assert entry["feature_output"] == "features" and entry["acceptance"] == 0.99
+        assert entry["val_accepted_both"] >= 0.95
+        assert entry["calibrated_on"] == "val split, 48 images"
+    assert ood["onnx-int8"]["thresholds"] != ood["onnx-fp32"]["thresholds"]  # INT8 features shift
+    bundle = Bundle.load(out)
+    assert OodScorer.from_bundle(bundle, "onnx-int8").means.shape[0] == 3
+    val = [r for r in read_manifest_csv(data) if r.split == "val"]
+    for precision in ("fp32", "int8"):
+        predictor = Predictor.from_bundle(out, precision=precision, threads=1)
+        results = [predictor.predict(r.image) for r in val]
+        results = [r for r in results if not any(f["stage"] != "model" and f["status"] == "refuse"
+                                                 for f in r["quality"]["reasons"])]  # reached the model
+        assert len(results) >= 0.95 * len(val)
+        key = predictor.artifact_key
+        assert all(r["quality"]["ood"]["checked"] for r in results)
+        assert all(r["quality"]["thresholds"]["model"] == ood[key]["thresholds"] for r in results)
+        # The runtime's scores on validation images reproduce the calibration: 99% accepted by each score.
+        for score in ("mahalanobis", "energy"):
+            values = np.array([r["quality"]["scores"][f"ood_{score}"] for r in results])
+            assert np.mean(values <= ood[key]["thresholds"][score]) >= 0.95
 
 
 def test_recipe_that_must_fail_stops_with_a_report_and_no_bundle(pack, tmp_path, capsys):

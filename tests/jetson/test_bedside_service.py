@@ -297,3 +297,32 @@ def test_sigterm_stops_gracefully_and_notifies_systemd(tmp_path, bundle, png_byt
 def test_service_and_triton_modules_are_torch_free():
     code = "import sys, lungedge.runtime.service, lungedge.runtime.triton; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_refused_input_is_reported_not_assessed(tmp_path, caplog):
+    import cv2
+    import numpy as np
+    from jetson_helpers import LABELS
+    from tinymodels import chest_like, classifier_model, write_bundle
+
+    bundle = write_bundle(tmp_path / "qc", classifier_model(3), "classification", "xray", LABELS, {"covid": 0.4},
+                          positive_label="covid", golden=golden_writer(), quality={"view": "frontal"})
+    watch, out = folders(tmp_path)
+    service = svc.Service(svc.ServiceConfig(bundle=bundle, watch=watch, out=out, **FAST))
+    service.start()
+    try:
+        cv2.imwrite(os.path.join(watch, "film.png"), chest_like())
+        cv2.imwrite(os.path.join(watch, "blank.png"), np.full((128, 128), 90, np.uint8))
+        with caplog.at_level(logging.INFO, logger="lungedge"):
+            assert service.poll_once() == 2
+    finally:
+        service.close()
+    with open(os.path.join(out, "blank.json")) as fh:
+        refused = json.load(fh)
+    assert refused["assessed"] is False and refused["outcome"] == "not assessed" and "label" not in refused
+    assert refused["quality"]["reasons"][0]["reason"] == "blank_or_constant"
+    with open(os.path.join(out, "film.json")) as fh:
+        assert json.load(fh)["label"] in LABELS
+    assert listing(os.path.join(watch, "done")) == ["blank.png", "film.png"]  # an outcome, not a failure
+    assert (service.processed, service.failed, service.not_assessed) == (2, 0, 1)
+    assert any("not assessed (pixel standard deviation 0 below 0.02" in r.getMessage() for r in caplog.records)

@@ -27,8 +27,9 @@ def test_xray_pipeline_crops_to_the_lungs(xray_cls_bundle, xray_lung_bundle, mon
     classifier = Predictor.from_bundle(xray_cls_bundle, threads=1)
     lungs = Predictor.from_bundle(xray_lung_bundle, threads=1)
     seen = []
-    real = classifier.predict_image
-    monkeypatch.setattr(classifier, "predict_image", lambda a, m, s: seen.append(a.shape) or real(a, m, s))
+    real = classifier.predict_images
+    monkeypatch.setattr(classifier, "predict_images",
+                        lambda items, **kw: seen.extend(a.shape for a, _, _ in items) or real(items, **kw))
     result = XrayPipeline(classifier, lungs, margin=0.1).predict(square_image(box=(20, 32, 60, 92)))
     assert result["lung"]["crop_box"] == [26, 16, 98, 64]
     assert seen == [(48, 72)]
@@ -39,13 +40,14 @@ def test_xray_pipeline_crops_to_the_lungs(xray_cls_bundle, xray_lung_bundle, mon
 def test_xray_pipeline_without_lungs_found(xray_cls_bundle, xray_lung_bundle, monkeypatch):
     classifier = Predictor.from_bundle(xray_cls_bundle, threads=1)
     lungs = Predictor.from_bundle(xray_lung_bundle, threads=1)
-    real = lungs.predict_image
+    real = lungs.predict_images
 
-    def no_lungs(array, meta, source):
-        result = real(array, meta, source)
-        result["mask"] = np.zeros_like(result["mask"])
-        return result
-    monkeypatch.setattr(lungs, "predict_image", no_lungs)
+    def no_lungs(items, **kw):
+        results = real(items, **kw)
+        for result in results:
+            result["mask"] = np.zeros_like(result["mask"])
+        return results
+    monkeypatch.setattr(lungs, "predict_images", no_lungs)
     image = square_image()
     result = XrayPipeline(classifier, lungs).predict(image)
     assert result["lung"]["crop_box"] is None and "no lung" in result["warnings"][0]
@@ -83,6 +85,19 @@ def test_ct_study_lesion_ratio_and_severity(ct_lesion_bundle):
     assert study["per_slice"][0]["lesion_mm2"] == pytest.approx(540 * 0.25)
     assert study["lesion_volume_ml"] == pytest.approx(5 * 540 * 0.5 * 0.5 * 2.0 / 1000)
     assert study["covid_probability"] is None and "mask" not in str(study.keys())
+
+
+def test_ct_study_keeps_its_masks_on_request(ct_lesion_bundle):
+    lesion = Predictor.from_bundle(ct_lesion_bundle, threads=1)
+    volume = ct_phantom(slices=3)
+    study = CtStudyPipeline(lesion_segmenter=lesion, batch_size=2, keep_masks=True).run(volume, meta=HU_META)
+    masks = study["masks"]
+    assert masks["lesion"].shape == masks["lung"].shape == (3, 96, 96) and masks["lesion"].dtype == np.uint8
+    expected = np.zeros((96, 96), bool)
+    expected[30:48, 30:60] = True  # the phantom's lesion block
+    assert all(np.array_equal(m > 0, expected) for m in masks["lesion"])
+    assert [int(m.sum()) for m in masks["lung"]] == [r["lung_pixels"] for r in study["per_slice"]]
+    assert "masks" not in CtStudyPipeline(lesion_segmenter=lesion).run(volume, meta=HU_META)
 
 
 def test_ct_study_severity_grows_with_lesion(ct_lesion_bundle):
@@ -165,3 +180,44 @@ def test_ct_study_refuses_xray_input(ct_cls_bundle, dicom_dir):
     pipeline = CtStudyPipeline(classifier=Predictor.from_bundle(ct_cls_bundle, threads=1))
     with pytest.raises(InputError, match="wrong modality"):
         pipeline.run(os.path.join(dicom_dir, "cxr_pa_cr_monochrome2.dcm"))
+
+
+def _crop_trained(xray_cls_bundle, lungs, margin=0.1):
+    """Mark the tiny classifier as trained on lung crops by ``lungs`` (what lungedge compress records)."""
+    from lungedge.runtime.bundle import Bundle, write_manifest
+    from lungedge.runtime.pipelines import LungCrop
+
+    manifest = dict(Bundle.load(xray_cls_bundle).manifest, input_crop=LungCrop(lungs, margin).spec)
+    write_manifest(xray_cls_bundle, manifest)
+    return Predictor.from_bundle(xray_cls_bundle, threads=1)
+
+
+def test_lung_crop_is_the_pipelines_crop(xray_lung_bundle):
+    from lungedge.runtime.pipelines import LungCrop
+
+    lungs = Predictor.from_bundle(xray_lung_bundle, threads=1)
+    crop, meta, info = LungCrop(lungs, 0.1)(square_image(box=(20, 32, 60, 92)), {"shape": [96, 128]})
+    assert info["crop_box"] == [26, 16, 98, 64] and crop.shape == (48, 72) and meta["shape"] == [48, 72]
+    spec = LungCrop(lungs, 0.1).spec
+    assert spec["kind"] == "lung_box" and len(spec["segmenter_manifest_sha256"]) == 64
+
+
+def test_crop_trained_classifier_needs_its_own_segmenter(xray_cls_bundle, xray_lung_bundle, tmp_path):
+    from tinymodels import segmenter_model, write_bundle
+
+    lungs = Predictor.from_bundle(xray_lung_bundle, threads=1)
+    classifier = _crop_trained(xray_cls_bundle, lungs)
+    with pytest.raises(BundleError, match="lung crops"):
+        XrayPipeline(classifier)
+    with pytest.raises(BundleError, match="lung crops"):
+        classifier.predict(square_image())
+    other = Predictor.from_bundle(write_bundle(tmp_path / "other-lungs", segmenter_model(1, cut=0.5), "segmentation",
+                                               "xray", ["background", "lung"], {"mask": 0.5},
+                                               kind="probabilities"), threads=1)
+    with pytest.raises(BundleError, match="same lung bundle"):
+        XrayPipeline(classifier, other)
+    with pytest.raises(BundleError, match="margin"):
+        XrayPipeline(classifier, lungs, margin=0.3)
+    pipeline = XrayPipeline(classifier, lungs)  # the trained margin is taken from the manifest
+    assert pipeline.margin == 0.1
+    assert pipeline.predict(square_image(box=(20, 32, 60, 92)))["lung"]["crop_box"] == [26, 16, 98, 64]

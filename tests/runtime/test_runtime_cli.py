@@ -25,7 +25,8 @@ def test_external_commands_table():
     assert cli.EXTERNAL_COMMANDS == {"train": "lungedge.models.train", "compress": "lungedge.compress.cli",
                                      "engine": "lungedge.compress.cli", "export": "lungedge.compress.cli",
                                      "bench": "lungedge.benchmarks.cli", "demo": "lungedge.benchmarks.demo",
-                                     "serve": "lungedge.runtime.service"}
+                                     "serve": "lungedge.runtime.service",
+                                     "dicom-node": "lungedge.runtime.dicom_node.cli"}
 
 
 @pytest.fixture
@@ -53,6 +54,14 @@ def test_external_command_without_torch(fake_external, monkeypatch, capsys):
     assert cli.main(["train"]) == 2
     err = capsys.readouterr().err
     assert "lungedge train needs the compress extra: pip install 'lungedge[compress]'" in err
+
+
+def test_dicom_node_without_its_extra(fake_external, monkeypatch, capsys):
+    fake_external("dicom-node", "import pynetdicom\n\ndef main(argv):\n    return 0\n")
+    monkeypatch.setitem(sys.modules, "pynetdicom", None)
+    assert cli.main(["dicom-node"]) == 2
+    assert "lungedge dicom-node needs the dicom-node extra: pip install 'lungedge[dicom-node]'" in \
+        capsys.readouterr().err
 
 
 def test_external_module_absent(monkeypatch, capsys):

@@ -39,6 +39,17 @@ def classifier_model(classes, seed=0):
     return _model(nodes, inits, [classes])
 
 
+def classifier_with_features(classes, seed=0):
+    """``classifier_model`` exporting its pooled vector (N, 4) as a second output "features", as compress does."""
+    from onnx import TensorProto, helper
+
+    model = classifier_model(classes, seed)
+    model.graph.output.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 4]))
+    model.graph.node[3].output[0] = "features"  # Flatten -> features, read by Gemm and returned
+    model.graph.node[4].input[0] = "features"
+    return model
+
+
 def segmenter_model(channels=1, cut=0.0, with_sigmoid=True):
     """Bright-pixel detector: Conv 1x1 (+Sigmoid for one channel) on the standardised input x.
 
@@ -62,8 +73,13 @@ def segmenter_model(channels=1, cut=0.0, with_sigmoid=True):
 
 
 def write_bundle(root, model, task, modality, labels, thresholds, positive_label=None, kind="logits",
-                 golden=None, steps=None):
-    """Write model.onnx and a schema-1 manifest into ``root``; returns ``root`` as str."""
+                 golden=None, steps=None, quality=None):
+    """Write model.onnx and a schema-1 manifest into ``root``; returns ``root`` as str.
+
+    Quality control is switched off unless ``quality`` is given: the phantoms here (two-level squares, uniform
+    noise) are the kind of image it refuses, and these bundles test the other mechanics; tests/runtime/
+    test_quality.py runs bundles with it on.
+    """
     import onnx
 
     root = str(root)
@@ -79,6 +95,7 @@ def write_bundle(root, model, task, modality, labels, thresholds, positive_label
         "artifacts": {"onnx-fp32": artifact_entry(root, "model.onnx", "onnx", "fp32", "onnxruntime")},
         "provenance": {"note": "tiny test model"},
     }
+    manifest["quality"] = {"enabled": False} if quality is None else quality
     if positive_label:
         manifest["positive_label"] = positive_label
     if golden is not None:
@@ -109,6 +126,20 @@ def square_image(h=96, w=128, box=(20, 32, 60, 92), low=20, high=220, dtype=np.u
     y0, x0, y1, x1 = box
     img[y0:y1, x0:x1] = high
     return img
+
+
+def chest_like(h=160, w=144, seed=0):
+    """A smooth 8-bit frontal-film look-alike (bright mediastinum, two dark lung fields, blurred grain) that
+    passes the pixel stage of quality control, unlike ``square_image`` (two levels) or uniform noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 60 + 120 * np.exp(-((x - w / 2) ** 2 / (2 * (w / 3) ** 2)))
+    for cx in (w * 0.3, w * 0.7):
+        img -= 70 * np.exp(-(((x - cx) / (w * 0.14)) ** 2 + ((y - h * 0.5) / (h * 0.28)) ** 2))
+    img += cv2.GaussianBlur(rng.normal(0, 25, (h, w)).astype(np.float32), (0, 0), 2)
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def ct_phantom(slices=1, lesion_rows=(30, 48)):

@@ -1,0 +1,87 @@
+"""``lungedge bench qc`` on a few dev-pack files: categories, exact synthetic outcomes, report, cost."""
+
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from lungedge.benchmarks import cli as bench_cli
+from lungedge.benchmarks import qc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "runtime"))
+from tinymodels import chest_like, classifier_model, write_bundle  # noqa: E402
+
+
+def _data():
+    data = os.environ.get("LUNGEDGE_DATA", os.path.join(ROOT, "..", "shared", "data"))
+    if not all(os.path.isfile(os.path.join(data, d, "manifest.csv")) for d in ("xray-cls", "ct-cls", "xray-qc")):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"dev pack {data} is missing under CI=true")
+        pytest.skip(f"dev pack {data} not present")
+    return data
+
+
+def test_synthetic_cases_are_what_they_say(tmp_path):
+    src = str(tmp_path / "src.png")
+    cv2.imwrite(src, chest_like(100, 80))
+    cases = qc.synthetic_cases([src], str(tmp_path))
+    image = cv2.imread(src, cv2.IMREAD_GRAYSCALE)
+    read = {k: cv2.imread(v[0][1], cv2.IMREAD_GRAYSCALE) for k, v in cases.items()}
+    assert np.array_equal(read["inverted"], 255 - image)
+    assert np.array_equal(read["rotated_90"], np.rot90(image))
+    assert read["cropped"].shape == (30, 24) and np.ptp(read["constant"]) == 0
+    assert read["noise"].shape == image.shape
+
+
+def _skimage():
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("scikit-image (the dev extra) is missing under CI=true")
+        pytest.skip("scikit-image not installed (pip install -e '.[dev]')")
+
+
+def test_natural_images_come_from_skimage(tmp_path):
+    _skimage()
+    images = dict(qc.natural_images(str(tmp_path)))
+    assert {"astronaut", "camera", "coffee", "moon"} <= set(images)
+    assert all(min(cv2.imread(p).shape[:2]) >= 32 for p in images.values())
+
+
+def test_bench_qc_without_bundles(tmp_path, capsys):
+    data = _data()
+    _skimage()
+    out = tmp_path / "qc"
+    assert bench_cli.main(["bench", "qc", "--data", data, "--max-per-category", "6", "--cost-images", "0",
+                           "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    rows = {(row["modality"], row["category"]): row for row in r["rows"]}
+    for modality in ("xray", "ct"):
+        assert rows[(modality, "synthetic: noise")]["refused_rate"] == 1.0
+        assert rows[(modality, "synthetic: noise")]["reasons"] == {"no_spatial_structure": 60}
+    assert rows[("xray", "synthetic: constant")]["refused_rate"] == 1.0
+    assert rows[("xray", "lateral films (DICOM, ViewPosition LL)")]["reasons"] == {"lateral_view": 27}
+    sources = [k for k in rows if k[1].startswith("xray-cls test: ")]
+    assert len(sources) == 4 and all(rows[k]["n"] == 6 and rows[k]["accepted_rate"] == 1.0 for k in sources)
+    assert r["command"] == f"lungedge bench qc --data {data} --max-per-category 6 --cost-images 0 --out {out}"
+    report = (out / "report.md").read_text()
+    assert "| xray | synthetic: noise | header + pixels (no bundle) | 60 | 100.0% |" in report
+    assert "no bundle: header and pixel stages only" in report
+
+
+def test_cost_times_both_paths(tmp_path):
+    bundle = write_bundle(tmp_path / "cls", classifier_model(3), "classification", "xray",
+                          ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid", quality={})
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(paths[-1], chest_like(seed=i))
+    c = qc.cost(bundle, paths, rounds=1, threads=1)
+    assert c["images"] == 6 and c["artifact"] == "onnx-fp32"
+    assert c["median_ms"]["with_qc"] > 0 and c["median_ms"]["without_qc"] > 0 and c["pixel_header_checks_ms"] > 0
+    assert c["overhead"] == pytest.approx(c["median_ms"]["with_qc"] / c["median_ms"]["without_qc"] - 1)
