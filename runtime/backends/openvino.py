@@ -127,6 +127,18 @@ class OpenVinoBackend(Backend):
         result = self._request().infer({0: x})
         return np.array(result[self._output], dtype=np.float32, copy=True)
 
+    def run_outputs(self, batch, names):
+        """Run one batch; returns {name: float32 array} for the named outputs (one inference)."""
+        missing = [n for n in names if n not in self.output_names]
+        if missing:
+            raise BundleError(f"the model has no outputs {missing}; it has {self.output_names}")
+        if self.compiled is None:
+            raise BackendUnavailable("this OpenVINO backend was closed")
+        x = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        result = self._request().infer({0: x})
+        ports = {o.get_any_name(): o for o in self.compiled.outputs}
+        return {n: np.array(result[ports[n]], dtype=np.float32, copy=True) for n in names}
+
     def close(self):
         self.compiled = None
         self._local = threading.local()

@@ -108,6 +108,27 @@ def test_f32_is_pinned_even_where_openvino_would_pick_bf16(onnx_path):
 
 
 @needs_openvino
+def test_run_outputs_matches_onnxruntime(tmp_path):
+    """Several named outputs in one call (what out-of-distribution scoring needs), as on ONNX Runtime."""
+    import onnx
+    from onnx import helper
+
+    model = classifier_model(3)
+    model.graph.output.append(helper.make_tensor_value_info("g1", onnx.TensorProto.FLOAT, ["N", 4, 1, 1]))
+    path = str(tmp_path / "two-outputs.onnx")
+    onnx.save(model, path)
+    x = _batch(3)
+    ort_out = create_backend("onnxruntime", path).run_outputs(x, ["logits", "g1"])
+    backend = create_backend("openvino", path)
+    assert set(backend.output_names) == {"logits", "g1"}
+    got = backend.run_outputs(x, ["logits", "g1"])
+    for name in ("logits", "g1"):
+        np.testing.assert_allclose(got[name], ort_out[name], rtol=0, atol=F32_TOL)
+    with pytest.raises(BundleError, match="no outputs"):
+        backend.run_outputs(x, ["nope"])
+
+
+@needs_openvino
 @pytest.mark.parametrize("precision", ["fp16", "int8", "auto", ""])
 def test_unsupported_precision_is_refused(onnx_path, precision):
     with pytest.raises(BackendUnavailable, match="inference precision"):
