@@ -4,11 +4,12 @@ Candidates are every ONNX artifact on ONNX Runtime and, where OpenVINO is instal
 (on CPUs that have it) bf16. A candidate counts only if its validation outputs pass the recipe's gate at the
 threshold the bundle records for that artifact (the one the runtime will use), so BF16 is gated like any other
 variant. Survivors are timed at batch 1, interleaved in one process (shared machines drift; interleaving keeps
-the comparison fair), and the fastest median wins. The choice, every candidate's numbers and the CPU it was
+the comparison fair) at 1 thread and at every logical CPU, and the fastest median wins, thread count included. The choice, every candidate's numbers and the CPU it was
 measured on go into ``manifest["cpu_default"]``; ``Predictor.from_bundle(path, backend="auto")`` opens it.
 The choice belongs to the machine it was measured on: rerun it on the bedside CPU when that differs.
 """
 
+import os
 import platform
 import statistics
 import time
@@ -86,42 +87,60 @@ def _name(key, backend, precision):
     return f"{key}@{backend}" + (f"-{precision}" if precision else "")
 
 
+def thread_options(threads=None):
+    """Thread counts to time: the one given, else 1 and every logical CPU (2 threads can lose to 1 on a busy box)."""
+    if threads:
+        return (int(threads),)
+    return tuple(sorted({1, os.cpu_count() or 1}))
+
+
 def choose_cpu_default(spec, baseline_val, val_images, val_targets, gate_config, paths, artifacts, threads=None,
                        rounds=50, ov_precisions=None, cache_dir=None):
     """Gate, time and pick; returns the ``cpu_default`` manifest record.
 
     paths: artifact key -> ONNX file. artifacts: the manifest's artifact entries (their ``threshold`` is the one
     each candidate is gated at). ov_precisions: OpenVINO precisions to try (default: what this machine can run).
+    threads: the thread count to use; None times every count of ``thread_options`` and records the fastest.
     """
     ov_precisions = openvino_precisions() if ov_precisions is None else tuple(ov_precisions)
-    measured, passing = [], {}
+    counts = thread_options(threads)
+    measured, timed = [], {}
     try:
         for key, backend, precision in candidates(artifacts, ov_precisions):
-            b = open_candidate(paths[key], backend, precision, threads, cache_dir)
+            name = _name(key, backend, precision)
+            b = open_candidate(paths[key], backend, precision, counts[0], cache_dir)
             probs = G.probabilities(outputs_of(b, val_images))
             threshold = artifacts[key].get("threshold")
             metrics = evaluate(spec, probs, val_targets, threshold=threshold)
-            verdict = G.judge(spec.kind, baseline_val, metrics, gate_config, name=_name(key, backend, precision))
+            verdict = G.judge(spec.kind, baseline_val, metrics, gate_config, name=name)
             measured.append({"artifact": key, "backend": backend, "inference_precision": precision,
-                             "gate_passed": verdict.passed, "gate": verdict.to_dict(), "latency_ms": None})
-            if verdict.passed:
-                passing[verdict.variant] = b
-            else:
+                             "gate_passed": verdict.passed, "gate": verdict.to_dict(), "latency_ms": None,
+                             "latency_ms_by_threads": None, "threads": None})
+            if not verdict.passed:
                 b.close()
-        if not passing:
+                continue
+            timed[(name, counts[0])] = b
+            for n in counts[1:]:
+                timed[(name, n)] = open_candidate(paths[key], backend, precision, n, cache_dir)
+        if not timed:
             return {"artifact": None, "backend": None, "inference_precision": None, "rule": RULE,
                     "candidates": measured, "reason": "no candidate passes the gate on this machine"}
         h, w = np.asarray(val_images).shape[-2:]
-        medians = interleaved_medians(passing, np.zeros((1, 1, h, w), np.float32), rounds=rounds)
+        medians = interleaved_medians(timed, np.zeros((1, 1, h, w), np.float32), rounds=rounds)
     finally:
-        for b in passing.values():
+        for b in timed.values():
             b.close()
     for m in measured:
-        m["latency_ms"] = round(medians[m["gate"]["variant"]], 4) if m["gate_passed"] else None
+        if m["gate_passed"]:
+            by = {n: round(medians[(m["gate"]["variant"], n)], 4) for n in counts}
+            m["latency_ms_by_threads"] = {str(n): v for n, v in by.items()}
+            m["threads"] = min(by, key=by.get)
+            m["latency_ms"] = by[m["threads"]]
     best = min((m for m in measured if m["gate_passed"]), key=lambda m: m["latency_ms"])
     return {"artifact": best["artifact"], "backend": best["backend"],
             "inference_precision": best["inference_precision"], "latency_ms": best["latency_ms"],
-            "threads": threads, "rounds": rounds, "cpu": cpu_model(), "rule": RULE, "candidates": measured}
+            "threads": best["threads"], "thread_options": list(counts), "rounds": rounds, "cpu": cpu_model(),
+            "rule": RULE, "candidates": measured}
 
 
 def choose_for_bundle(run, bundle_dir, artifacts, golden, golden_images, reference_outputs, rounds=50):
@@ -131,12 +150,12 @@ def choose_for_bundle(run, bundle_dir, artifacts, golden, golden_images, referen
 
     paths = {k: os.path.join(bundle_dir, a["path"]) for k, a in artifacts.items()}
     record = choose_cpu_default(run.spec, run.baseline_val, run.val_ds.images, run.val_ds.targets, run.recipe.gate,
-                                paths, artifacts, threads=run.threads, rounds=rounds)
+                                paths, artifacts, threads=run.threads, rounds=rounds)  # None: 1 and all CPUs
     bf16 = [c for c in record["candidates"] if c["inference_precision"] == "bf16" and c["gate_passed"]]
     if bf16:
         diffs = []
         for c in bf16:
-            with open_candidate(paths[c["artifact"]], "openvino", "bf16", run.threads) as b:
+            with open_candidate(paths[c["artifact"]], "openvino", "bf16", c["threads"]) as b:
                 diffs.append(float(np.abs(outputs_of(b, golden_images) - reference_outputs).max()))
         scale = max(1.0, float(np.abs(reference_outputs).max()))
         golden["tolerances"]["bf16"] = float(max(BF16_FLOOR * scale, BF16_MARGIN * max(diffs)))

@@ -129,6 +129,9 @@ def _check_cpu_default(manifest):
     if choice["backend"] == "openvino" and choice.get("inference_precision") not in ("f32", "bf16"):
         raise BundleError(f"cpu_default on openvino needs inference_precision f32 or bf16, "
                           f"got {choice.get('inference_precision')!r}")
+    threads = choice.get("threads")
+    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads > 0):
+        raise BundleError(f"cpu_default threads must be a positive integer, got {threads!r}")
 
 
 class Bundle:
@@ -189,14 +192,15 @@ class Bundle:
         return sorted(keys, key=lambda k: order.get(self.manifest["artifacts"][k]["precision"], 9))[0]
 
     def cpu_default(self):
-        """(artifact key, backend, inference precision) measured fastest among gate-passing CPU variants.
-
-        BundleError when the manifest records no such choice (older bundles, or nothing passed)."""
+        """(artifact key, backend, inference precision, threads or None) measured fastest among gate-passing CPU
+        variants. BundleError when the manifest records no such choice (older bundles, or nothing passed)."""
         choice = self.manifest.get("cpu_default") or {}
         if not choice.get("artifact"):
             raise BundleError("this bundle records no measured CPU default (cpu_default); choose a backend "
                               "explicitly (--backend onnxruntime or openvino), or rebuild it with lungedge compress")
-        return choice["artifact"], choice["backend"], choice.get("inference_precision") or "f32"
+        threads = choice.get("threads")
+        return (choice["artifact"], choice["backend"], choice.get("inference_precision") or "f32",
+                int(threads) if threads else None)
 
     def cache_dir(self, kind):
         """Folder for caches a backend may write (compiled blobs): ``<bundle>/cache/<kind>``, not checksummed."""

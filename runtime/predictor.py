@@ -150,11 +150,13 @@ class Predictor:
 
         ``inference_precision`` is OpenVINO's compute precision ("f32" or "bf16"), pinned because OpenVINO would
         otherwise choose BF16 by itself on CPUs that have it; the other backends ignore it. ``backend="auto"``
-        opens the manifest's ``cpu_default`` (artifact, backend and precision chosen by measured latency).
+        opens the manifest's ``cpu_default`` (artifact, backend, precision and thread count chosen by measured
+        latency; ``threads`` given here overrides the recorded count).
         """
         bundle = Bundle.load(path)
         if backend == "auto":  # the bundle's measured choice; its backend missing here is an error, not a swap
-            key, backend, inference_precision = bundle.cpu_default()
+            key, backend, inference_precision, measured_threads = bundle.cpu_default()
+            threads = threads or measured_threads  # the measured count unless the caller pins one
             if precision is not None and bundle.manifest["artifacts"][key]["precision"] != precision:
                 raise BundleError(f"the bundle's measured CPU default is {key}, not a {precision} artifact; "
                                   "leave out the precision or choose the backend explicitly")

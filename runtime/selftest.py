@@ -37,7 +37,8 @@ def run_selftest(bundle_dir, backend="onnxruntime", precision=None, threads=None
     bundle = Bundle.load(bundle_dir)
     inputs, expected, tolerances = load_golden(bundle)
     if backend == "auto":
-        key, backend, inference_precision = bundle.cpu_default()
+        key, backend, inference_precision, measured_threads = bundle.cpu_default()
+        threads = threads or measured_threads
     else:
         key = bundle.find_artifact(backend, precision)
     entry = bundle.manifest["artifacts"][key]

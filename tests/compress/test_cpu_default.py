@@ -82,6 +82,19 @@ def test_failing_candidates_are_never_chosen(setup):
     assert record["latency_ms"] > 0 and record["threads"] == 1 and record["cpu"]
 
 
+def test_thread_count_is_measured_too(setup):
+    s = dict(setup, arts={"onnx-fp32": setup["arts"]["onnx-fp32"]})
+    record = C.choose_cpu_default(s["spec"], s["baseline_val"], s["images"], s["targets"], s["gate"], s["paths"],
+                                  s["arts"], threads=None, rounds=5, ov_precisions=())
+    options = C.thread_options(None)
+    assert record["thread_options"] == list(options) and options[0] == 1
+    (only,) = record["candidates"]
+    assert set(only["latency_ms_by_threads"]) == {str(n) for n in options}
+    assert record["threads"] == only["threads"] in options
+    assert record["latency_ms"] == min(only["latency_ms_by_threads"].values())
+    assert C.thread_options(3) == (3,)
+
+
 def test_nothing_passing_is_recorded_not_invented(setup):
     s = dict(setup, gate=G.GateConfig(auc_drop=-1.0))  # a drop below -1 is impossible: nothing passes
     record = _choose(s, ())
@@ -105,10 +118,11 @@ def test_runtime_opens_the_recorded_choice(setup):
     with pytest.raises(BundleError, match="records no measured CPU default"):
         Predictor.from_bundle(root, backend="auto")
     manifest["cpu_default"] = {"artifact": "onnx-fp32", "backend": "openvino", "inference_precision": "f32",
-                               "latency_ms": 0.1, "candidates": []}
+                               "threads": 1, "latency_ms": 0.1, "candidates": []}
     write_manifest(root, manifest)
-    predictor = Predictor.from_bundle(root, backend="auto", threads=1)
+    predictor = Predictor.from_bundle(root, backend="auto")
     assert predictor.info["backend"] == "openvino" and predictor.info["inference_precision"] == "f32"
+    assert predictor.backend.threads == 1  # the measured thread count
     assert predictor.predict(square_image())["label"] in ("covid", "noncovid")
     report = run_selftest(root, backend="auto", threads=1)
     assert report["passed"] and report["backend"] == "openvino"
@@ -119,6 +133,7 @@ def test_runtime_opens_the_recorded_choice(setup):
     ({"artifact": "onnx-fp32", "backend": "tensorrt"}, "is not one of"),
     ({"artifact": "onnx-fp32", "backend": "openvino", "inference_precision": "fp16"}, "f32 or bf16"),
     ("onnx-fp32", "must be an object"),
+    ({"artifact": "onnx-fp32", "backend": "onnxruntime", "threads": 0}, "positive integer"),
 ])
 def test_bad_cpu_default_is_a_bundle_error(setup, choice, match):
     manifest = dict(setup["manifest"], cpu_default=choice)
