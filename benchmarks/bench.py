@@ -15,7 +15,7 @@ import itertools
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -25,7 +25,13 @@ from lungedge.benchmarks.data import group_numbers, load_split
 from lungedge.benchmarks.environment import describe
 from lungedge.benchmarks.macs import MacCountError, count_onnx_macs
 from lungedge.benchmarks.memory import measure_peak_rss
-from lungedge.benchmarks.runners import bundle_rows, open_runner, parse_variant
+from lungedge.benchmarks.runners import (
+    backend_spec,
+    bundle_rows,
+    open_runner,
+    parse_variant,
+    resolve_backends,
+)
 from lungedge.benchmarks.tegrastats import TegrastatsSampler, energy_per_image, summarize
 from lungedge.runtime.errors import BundleError
 
@@ -56,6 +62,8 @@ class BenchConfig:
     subgroup_n_boot: int = 1000
     thresholds: str = "val"  # "val": re-fit on the validation split; "bundle": the thresholds the bundles ship
     calibration_bins: int = 10  # equal-mass bins of the ECE and the reliability diagram
+    # CPU backends each ONNX artifact is timed on (runners.CPU_BACKENDS, or "auto": all this machine can run).
+    backends: tuple = ("onnxruntime",)
 
     def __post_init__(self):
         if self.thresholds not in THRESHOLD_SOURCES:
@@ -81,22 +89,39 @@ def _bar(enabled):
     return bar
 
 
-def resolve_rows(baseline, variants, torch_run):
-    """Row specs (dicts for ``runners.open_runner``) with their role; the first row is the reference."""
+def resolve_rows(baseline, variants, torch_run, backends=("onnxruntime",)):
+    """Row specs (dicts for ``runners.open_runner``) with their role; the first row is the reference.
+
+    Each ONNX artifact gets one row per CPU backend in ``backends`` (ONNX Runtime first; the reference row is
+    always the first artifact on its own backend)."""
     if not baseline and not torch_run:
         raise BundleError("no baseline: give the baseline's FP32 ONNX bundle (--baseline), its training run "
                           "(--torch-run), or both; variants are only ever compared with their baseline")
     rows = []
     if torch_run:
         rows.append({"torch_run": torch_run, "role": "reference"})
+    cpu = resolve_backends(backends)
     if baseline:
         path, key = parse_variant(baseline)
         for p, k in bundle_rows(path, key):
-            rows.append({"bundle": p, "artifact": k, "role": "reference" if not rows else "baseline"})
+            for spec in _on_backends(p, k, cpu):
+                rows.append(dict(spec, role="reference" if not rows else "baseline"))
     for v in variants:
         path, key = parse_variant(v)
-        rows.extend({"bundle": p, "artifact": k, "role": "variant"} for p, k in bundle_rows(path, key))
+        for p, k in bundle_rows(path, key):
+            rows.extend(dict(spec, role="variant") for spec in _on_backends(p, k, cpu))
     return rows
+
+
+def _on_backends(path, key, cpu):
+    """Row specs of one artifact: once per CPU backend for an ONNX artifact, once for anything else."""
+    from lungedge.runtime.bundle import Bundle
+
+    art = Bundle.load(path, verify=False).manifest["artifacts"][key]
+    base = {"bundle": path, "artifact": key}
+    if art.get("backend") != "onnxruntime" or art.get("format", "onnx") != "onnx":
+        return [base]
+    return [dict(base, **backend_spec(b)) for b in cpu]
 
 
 def command_line(baseline, variants, data, split, torch_run, cfg, out, lung_bundle=None):
@@ -120,6 +145,8 @@ def command_line(baseline, variants, data, split, torch_run, cfg, out, lung_bund
     for name in ("rounds", "batch_rounds", "warmup", "max_images", "memory_runs", "n_boot", "seed", "settle_ms"):
         if getattr(cfg, name) != getattr(defaults, name):
             parts += ["--" + name.replace("_", "-"), str(getattr(cfg, name))]
+    if tuple(cfg.backends) != tuple(defaults.backends):
+        parts += ["--backends"] + list(cfg.backends)
     if out:
         parts += ["--out", out]
     return " ".join(parts)
@@ -263,6 +290,7 @@ def run_bench(baseline=None, variants=(), data=None, split="test", torch_run=Non
     folder-per-class tree.
     """
     cfg = config or BenchConfig(**options)
+    cfg = replace(cfg, backends=resolve_backends(cfg.backends))  # "auto" recorded as what it meant here
     if data is None:
         raise ValueError("data: a dev-pack style folder with manifest.csv is required")
     threads = cfg.resolved_threads()
@@ -275,7 +303,7 @@ def run_bench(baseline=None, variants=(), data=None, split="test", torch_run=Non
 
         baseline = export_baseline_bundle(torch_run, os.path.join(out or tempfile.mkdtemp(), "baseline-bundle"),
                                           data_dir=data, threads=cfg.resolved_threads())
-    specs = resolve_rows(baseline, list(variants), torch_run)
+    specs = resolve_rows(baseline, list(variants), torch_run, cfg.backends)
     runners = [open_runner(s, threads=threads) for s in specs]
     try:
         crop = _lung_crop(runners, lung_bundle, threads)
@@ -412,7 +440,8 @@ def _measure_memory(rows, specs, files, cfg, threads):
     for row, spec in zip(rows, specs):
         row["memory"] = None
         if cfg.memory_runs:
-            mem_spec = {k: spec[k] for k in ("torch_run", "bundle", "artifact") if k in spec}
+            mem_spec = {k: spec[k] for k in ("torch_run", "bundle", "artifact", "backend", "inference_precision")
+                        if k in spec}
             row["memory"] = measure_peak_rss(mem_spec, files, n=cfg.memory_runs, threads=threads)
 
 

@@ -1,8 +1,9 @@
 """``lungedge bench``: compressed variants against their baseline; ``bench scaling``; ``bench report``.
 
     lungedge bench --baseline B0 --variants B1 B2 --data DIR --split test [--torch-run RUN_DIR]
-                   [--threads N] [--batch N] [--out DIR]
+                   [--threads N] [--batch N] [--backends auto | onnxruntime openvino-f32 openvino-bf16] [--out DIR]
     lungedge bench scaling --bundles CT_SEG [CT_CLS] --data DIR [DIR ...] [--slices 10 50 100 300] [--out DIR]
+    lungedge bench throughput --bundle B --data DIR [--batch 1 8] [--workers 1 2] [--out DIR]
     lungedge bench report RESULTS_DIR ... -o BENCHMARKS.md
     lungedge bench qc --data ../shared/data [--xray-bundle B] [--ct-bundle B] [--out DIR]   (benchmarks.qc)
     lungedge bench dicom-node --xray-bundle B [--xray-lung-bundle B] [--ct-bundle B] [--ct-lesion-bundle B]
@@ -51,6 +52,9 @@ def bench_parser():
                                                                           "(0 skips memory)")
     p.add_argument("--n-boot", type=int, default=d.n_boot)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--backends", nargs="+", default=["auto"], metavar="BACKEND",
+                   help="CPU backends to time every ONNX artifact on: onnxruntime, openvino-f32, openvino-bf16, "
+                        "or auto (all of them this machine can run)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 when a variant's verdict is FAIL or ERROR")
@@ -65,7 +69,8 @@ def run(argv):
     cfg = BenchConfig(threads=a.threads, batch=a.batch, rounds=a.rounds, batch_rounds=a.batch_rounds,
                       warmup=a.warmup, max_seconds=a.max_seconds, settle_ms=a.settle_ms, max_images=a.max_images,
                       memory_runs=a.memory_runs, n_boot=a.n_boot, seed=a.seed, plots=not a.no_plots,
-                      thresholds=a.thresholds, subgroups=tuple(c.strip() for c in a.subgroups.split(",") if c.strip()))
+                      thresholds=a.thresholds, subgroups=tuple(c.strip() for c in a.subgroups.split(",") if c.strip()),
+                      backends=tuple(a.backends))
     results = run_bench(baseline=a.baseline, variants=a.variants, data=a.data, split=a.split, torch_run=a.torch_run,
                         out=a.out, progress=not a.no_progress, config=cfg, lung_bundle=a.lung_bundle)
     print(terminal_table(results))
@@ -83,6 +88,10 @@ def main(argv=None):
         from lungedge.benchmarks.scaling import main as scaling_main
 
         return scaling_main(argv[1:])
+    if argv and argv[0] == "throughput":
+        from lungedge.benchmarks.throughput import main as throughput_main
+
+        return throughput_main(argv[1:])
     if argv and argv[0] == "qc":
         from lungedge.benchmarks.qc import main as qc_main
 

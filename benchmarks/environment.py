@@ -5,7 +5,7 @@ import platform
 import sys
 
 LIBRARIES = ("numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "opencv-python-headless", "opencv-python", "torch",
-             "torch-pruning", "tensorrt", "pycuda", "matplotlib", "lungedge")
+             "torch-pruning", "openvino", "tensorrt", "pycuda", "matplotlib", "lungedge")
 
 
 def _read(path):

@@ -206,7 +206,7 @@ def seg_targets(results, title):
 
 
 def scaling_target(results):
-    name = "300-slice CT study < 10 s"
+    name = f"300-slice CT study < {(results or {}).get('target_s', SC.TARGET_S):g} s"
     if results is None:
         return _target(name, "–", "not measured", None)
     lat = results.get("target_latency_s")
@@ -215,6 +215,17 @@ def scaling_target(results):
     measured = (f"{R.fmt(lat, 2)} s (fit {R.fmt(results['fit'].get('intercept_s'), 2)} s + "
                 f"{R.fmt(per * 1000 if per else None, 1)} ms/slice)") if lat is not None else "–"
     return _target(name, measured, status, results)
+
+
+def rss_flat_target(results):
+    """Peak RSS of the CT study flat in the study size (only for runs that measured it)."""
+    flat = (results or {}).get("rss_flatness") or {}
+    name = f"CT study peak RSS flat within {100 * flat.get('tolerance', SC.RSS_FLAT_TOLERANCE):.0f} % from 10 to 300 slices"
+    if flat.get("flat") is None:
+        return _target(name, "–", "not measured", results)
+    measured = (f"{R.fmt(flat['reference_mb'], 0)} MB at {flat['reference_slices']} slices, max "
+                f"{100 * flat['max_growth']:+.1f} % ({results.get('source', 'png')} source)")
+    return _target(name, measured, "met" if flat["flat"] else "missed", results)
 
 
 def classify(results_list):
@@ -235,6 +246,8 @@ def targets(results_list):
     out += seg_targets(by_task.get(("xray", "segmentation")), "X-ray lung segmenter")
     out += seg_targets(by_task.get(("ct", "segmentation")), "CT lesion segmenter")
     out.append(scaling_target(scaling))
+    if scaling is not None and scaling.get("rss_flatness"):
+        out.append(rss_flat_target(scaling))
     return out
 
 

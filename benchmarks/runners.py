@@ -16,6 +16,43 @@ from lungedge.runtime.errors import BundleError
 
 RUNNABLE_BACKENDS = ("onnxruntime", "tensorrt")
 ENGINE_FORMATS = ("engine", "plan", "trt")
+# Ways to run an ONNX artifact on the CPU: ONNX Runtime, or OpenVINO at a pinned inference precision.
+CPU_BACKENDS = ("onnxruntime", "openvino-f32", "openvino-bf16")
+
+
+def openvino_variants():
+    """The OpenVINO rows this machine can run: f32, plus bf16 where the CPU has it; () without OpenVINO."""
+    try:
+        import openvino
+    except ImportError:
+        return ()
+    capabilities = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return ("openvino-f32", "openvino-bf16") if "BF16" in capabilities else ("openvino-f32",)
+
+
+def resolve_backends(requested):
+    """CPU backends to time each ONNX artifact on: ``("auto",)`` means ONNX Runtime plus what OpenVINO can do here;
+    an explicit name that this machine cannot run is an error, not a skipped row."""
+    from lungedge.runtime.errors import BackendUnavailable
+
+    requested = tuple(requested or ("onnxruntime",))
+    if requested == ("auto",):
+        return ("onnxruntime",) + openvino_variants()
+    unknown = [b for b in requested if b not in CPU_BACKENDS]
+    if unknown:
+        raise BackendUnavailable(f"unknown CPU backend(s) {unknown}; choose from {CPU_BACKENDS} or 'auto'")
+    missing = [b for b in requested if b.startswith("openvino") and b not in openvino_variants()]
+    if missing:
+        raise BackendUnavailable(f"{missing} cannot run here (OpenVINO missing, or no BF16 on this CPU); "
+                                 "pip install 'lungedge[openvino]' or leave them out")
+    return requested
+
+
+def backend_spec(cpu_backend):
+    """Row-spec keys for a CPU backend name: {} for ONNX Runtime, backend + inference precision for OpenVINO."""
+    if cpu_backend == "onnxruntime":
+        return {}
+    return {"backend": "openvino", "inference_precision": cpu_backend.split("-", 1)[1]}
 
 
 def artifact_runnable(art):
@@ -61,26 +98,34 @@ class BundleRunner:
 
     kind = "bundle"
 
-    def __init__(self, path, artifact, threads=None, device=0, name=None):
+    def __init__(self, path, artifact, threads=None, device=0, name=None, backend=None, inference_precision="f32"):
         from lungedge.runtime.backends import create_backend
         from lungedge.runtime.bundle import Bundle
         from lungedge.runtime.predictor import Predictor
 
         bundle = Bundle.load(path)
         art = bundle.manifest["artifacts"][artifact]
-        opts = {"threads": threads} if art["backend"] == "onnxruntime" else {"entry": art, "device": device}
-        self.predictor = Predictor(bundle, create_backend(art["backend"], bundle.path_of(artifact), **opts), artifact)
+        if backend == "openvino":  # the same ONNX file on OpenVINO, precision pinned
+            opts = {"threads": threads, "precision": inference_precision, "cache_dir": bundle.cache_dir("openvino")}
+        elif art["backend"] == "onnxruntime":
+            backend, opts = "onnxruntime", {"threads": threads}
+        else:
+            backend, opts = art["backend"], {"entry": art, "device": device}
+        self.predictor = Predictor(bundle, create_backend(backend, bundle.path_of(artifact), **opts), artifact)
         m = bundle.manifest
         self.manifest = m
         self.path, self.artifact = path, artifact
-        self.name = name or f"{m['name']}:{artifact}"
+        suffix = f"@openvino-{self.predictor.backend.precision}" if backend == "openvino" else ""
+        self.name = name or f"{m['name']}:{artifact}{suffix}"
         self.task, self.modality = m["task"], m["modality"]
         self.labels, self.positive_label = list(m["labels"]), m.get("positive_label")
         self.steps = m["preprocessing"]
         self.info = {"kind": "bundle", "bundle": os.path.abspath(path), "bundle_name": m["name"], "artifact": artifact,
-                     "backend": art["backend"], "precision": art["precision"], "format": art.get("format"),
+                     "backend": backend, "precision": art["precision"], "format": art.get("format"),
                      "model_path": bundle.path_of(artifact), "bytes": int(os.path.getsize(bundle.path_of(artifact))),
                      "threads": threads, "input_size": list(bundle.input_size)}
+        if backend == "openvino":
+            self.info["inference_precision"] = self.predictor.backend.precision
 
     @property
     def stored_threshold(self):
@@ -189,10 +234,12 @@ def spec_kind_is_classification(task_name):
 
 
 def open_runner(spec, threads=None):
-    """Runner for a row spec: ``{"torch_run": DIR}`` or ``{"bundle": PATH, "artifact": KEY}`` (+ optional name)."""
+    """Runner for a row spec: ``{"torch_run": DIR}`` or ``{"bundle": PATH, "artifact": KEY}`` (+ optional name,
+    and ``"backend": "openvino", "inference_precision": "f32" | "bf16"`` to run an ONNX artifact on OpenVINO)."""
     if "torch_run" in spec:
         return TorchRunner(spec["torch_run"], threads=threads, name=spec.get("name"))
-    return BundleRunner(spec["bundle"], spec["artifact"], threads=threads, name=spec.get("name"))
+    return BundleRunner(spec["bundle"], spec["artifact"], threads=threads, name=spec.get("name"),
+                        backend=spec.get("backend"), inference_precision=spec.get("inference_precision", "f32"))
 
 
 def predict_one(runner, array, meta):

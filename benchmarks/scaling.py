@@ -1,12 +1,18 @@
 """CT study scaling: study latency and peak memory against the number of slices, with a fitted per-slice cost.
 
 Studies of 10, 50, 100 and 300 slices are assembled from the real CT PNGs of the dev pack (cycled when there
-are fewer), and each size runs in a fresh subprocess (so its ``VmHWM`` is that study's peak): read the slices
-from disk, then the runtime's ``CtStudyPipeline`` (classifier and/or lesion segmenter, slices streamed in
-batches), ``repeats`` times after a warm-up study. Latency is read + pipeline; the fit is least squares of the
-median latency on the slice count: ``latency = intercept + per_slice * slices``.
+are fewer), and each size runs in a fresh subprocess (so its ``VmHWM`` is that study's peak), ``repeats`` times
+after a warm-up of two full batches (the steady state of a process that has served a study), through the runtime's ``CtStudyPipeline`` (classifier and/or lesion segmenter, slices
+in batches). The fit is least squares of the median latency on the slice count:
+``latency = intercept + per_slice * slices``.
+
+Source ``dicom`` (the default): each study is first written to disk as a CT DICOM series (int16 HU, 512 x 512 by
+default, slice positions 1 mm apart) and the pipeline gets the folder, as at the bedside: it streams the series
+one file at a time, so latency is end to end from files and peak RSS should not grow with the study. Source
+``png`` reads every PNG into one in-memory volume first (the older harness, which holds the whole study).
 
     lungedge bench scaling --segmenter CT_SEG_BUNDLE [--classifier CT_CLS_BUNDLE] --data DIR [DIR ...] --out DIR
+                           [--source dicom|png] [--dicom-size 512]
 """
 
 import argparse
@@ -20,7 +26,9 @@ import time
 import numpy as np
 
 DEFAULT_SLICES = (10, 50, 100, 300)
-TARGET_SLICES, TARGET_S = 300, 10.0
+TARGET_SLICES, TARGET_S = 300, 6.0
+RSS_FLAT_TOLERANCE = 0.15  # peak RSS at every size within 15 % of the smallest study's
+SOURCES = ("dicom", "png")
 SCHEMA = "lungedge.bench-scaling/1"
 
 
@@ -32,6 +40,54 @@ def slice_files(data_dirs, n):
     if not files:
         raise ValueError(f"no images in {list(data_dirs)}")
     return [files[i % len(files)] for i in range(n)]
+
+
+def display_to_hu(display):
+    """Invert the lung window the dev pack's CT PNGs were rendered with (0..255 over -1350..150 HU)."""
+    from lungedge.runtime.preprocess import LUNG_WINDOW
+
+    center, width = LUNG_WINDOW
+    return np.asarray(display, np.float32) * np.float32(width / 255.0) + np.float32(center - width / 2.0)
+
+
+def write_dicom_series(files, folder, size=512, spacing_mm=0.7, step_mm=1.0):
+    """Write CT PNGs as one anonymous CT DICOM series (int16 HU, ``size`` x ``size``); returns ``folder``."""
+    import cv2
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    os.makedirs(folder, exist_ok=True)
+    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    for k, path in enumerate(files):
+        display = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        if display is None:
+            raise ValueError(f"cannot read {path}")
+        if display.shape != (size, size):
+            display = cv2.resize(display, (size, size), interpolation=cv2.INTER_LINEAR)
+        stored = np.round(display_to_hu(display) + 1024.0).astype(np.int16)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        name = os.path.join(folder, f"slice_{k:04d}.dcm")
+        ds = FileDataset(name, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", "SCALING-BENCH", "Scaling^Bench"
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(k) * step_mm]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing, ds.SliceThickness = [spacing_mm, spacing_mm], step_mm
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = size, size, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.PixelData = stored.tobytes()
+        if hasattr(ds, "set_original_encoding"):
+            ds.set_original_encoding(False, True)
+        else:  # pydicom < 2.4
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+        pydicom.dcmwrite(name, ds)
+    return folder
 
 
 def _open(path, backend, threads):
@@ -68,20 +124,35 @@ def child(spec):
     def read_volume(paths):
         return np.stack([cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in paths]).astype(np.float32)
 
-    run_study(read_volume(files[:min(4, len(files))]), meta)  # warm-up: sessions, allocator, caches
+    # Warm-up on two full batches, from the same source as the studies: ONNX Runtime plans its memory on the
+    # first run of a shape and allocates that plan on the second, so only then are sessions, caches and arenas
+    # at the steady state of a process that has served a study. What the studies add on top of that is what
+    # grows with the study; without it a 10-slice study (one batch) would look cheaper than any longer one.
+    if spec.get("warmup_series"):
+        pipeline.run(spec["warmup_series"])
+    else:
+        run_study(read_volume([files[i % len(files)] for i in range(2 * spec["batch"])]), meta)
+    before_studies_kb = peak_rss_kb()
     read_s, pipeline_s, positive = [], [], None
+    series = spec.get("series")
     for _ in range(spec["repeats"]):
         t0 = time.perf_counter()
-        volume = read_volume(files)
-        t1 = time.perf_counter()
-        result = run_study(volume, meta)
+        if series:  # streamed from disk inside the pipeline: reading is part of the pipeline time
+            volume, t1 = series, t0
+            result = pipeline.run(series)
+        else:
+            volume = read_volume(files)
+            t1 = time.perf_counter()
+            result = run_study(volume, meta)
         t2 = time.perf_counter()
         read_s.append(t1 - t0)
         pipeline_s.append(t2 - t1)
         if isinstance(result, dict):
             positive = result.get("positive")
-    return {"slices": len(files), "read_s": read_s, "pipeline_s": pipeline_s,
-            "total_s": [a + b for a, b in zip(read_s, pipeline_s)], "vmhwm_kb": peak_rss_kb(), "how": how,
+        del volume, result
+    return {"slices": len(files), "read_s": read_s if not series else None, "pipeline_s": pipeline_s,
+            "total_s": [a + b for a, b in zip(read_s, pipeline_s)], "vmhwm_kb": peak_rss_kb(),
+            "vmhwm_before_studies_kb": before_studies_kb, "how": how + (" on a DICOM series folder" if series else ""),
             "study_positive": positive, "torch_loaded": "torch" in sys.modules}
 
 
@@ -102,13 +173,48 @@ def _summary(values):
     return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()), "all": v.tolist()}
 
 
+def rss_flatness(points, tolerance=RSS_FLAT_TOLERANCE):
+    """Peak RSS growth of every study size against the smallest: {"reference_slices", "max_growth", "flat"}."""
+    ok = sorted((p for p in points if p.get("peak_rss_mb")), key=lambda p: p["slices"])
+    if len(ok) < 2:
+        return {"reference_slices": None, "max_growth": None, "tolerance": tolerance, "flat": None}
+    ref = ok[0]["peak_rss_mb"]
+    growth = {p["slices"]: p["peak_rss_mb"] / ref - 1.0 for p in ok[1:]}
+    worst = max(growth.values())
+    return {"reference_slices": ok[0]["slices"], "reference_mb": ref, "growth": growth, "max_growth": worst,
+            "tolerance": tolerance, "flat": bool(worst <= tolerance)}
+
+
 def run_scaling(segmenter=None, classifier=None, data_dirs=(), slices=DEFAULT_SLICES, repeats=3, batch=16,
-                threads=0, backend="onnxruntime", out=None, timeout=1800, progress=True):
-    """Study latency and peak RSS per slice count (one subprocess each), the linear fit and the 300-slice target."""
+                threads=0, backend="onnxruntime", out=None, timeout=1800, progress=True, source="dicom",
+                dicom_size=512, work_dir=None):
+    """Study latency and peak RSS per slice count (one subprocess each), the linear fit and the 300-slice target.
+
+    source: "dicom" writes each study as a DICOM series under ``work_dir`` (a temporary folder by default) and
+    streams it through the pipeline; "png" reads the PNGs into an in-memory volume first."""
+    import shutil
+    import tempfile
+
     from lungedge.benchmarks.environment import describe
 
     if not segmenter and not classifier:
         raise ValueError("give a CT lesion segmenter bundle, a CT classifier bundle, or both")
+    if source not in SOURCES:
+        raise ValueError(f"source {source!r} is not one of {SOURCES}")
+    own_work = work_dir is None and source == "dicom"
+    work_dir = tempfile.mkdtemp(prefix="lungedge-scaling-") if own_work else work_dir
+    try:
+        return _run_scaling(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out,
+                            timeout, progress, source, dicom_size, work_dir, describe)
+    finally:
+        if own_work:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _run_scaling(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out, timeout, progress,
+                 source, dicom_size, work_dir, describe):
+    import shutil
+
     threads = threads or os.cpu_count() or 1
     points = []
     steps = list(slices)
@@ -116,9 +222,16 @@ def run_scaling(segmenter=None, classifier=None, data_dirs=(), slices=DEFAULT_SL
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="CT study scaling", unit="size")
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    warmup = None
+    if source == "dicom":
+        warmup = write_dicom_series(slice_files(data_dirs, 2 * batch), os.path.join(work_dir, "warmup"), dicom_size)
     for n in steps:
         spec = {"segmenter": segmenter, "classifier": classifier, "backend": backend, "threads": threads,
                 "batch": batch, "repeats": repeats, "files": [os.path.abspath(f) for f in slice_files(data_dirs, n)]}
+        if source == "dicom":
+            spec["series"] = write_dicom_series(spec["files"], os.path.join(work_dir, f"series-{n}"), dicom_size)
+            spec["warmup_series"] = warmup
         cmd = [sys.executable, "-m", "lungedge.benchmarks.scaling", "--child", json.dumps(spec)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -131,9 +244,17 @@ def run_scaling(segmenter=None, classifier=None, data_dirs=(), slices=DEFAULT_SL
             points.append({"slices": n, "error": f"exit {done.returncode}: {tail}"})
             continue
         r = json.loads(lines[-1])
-        points.append({"slices": n, "latency_s": _summary(r["total_s"]), "read_s": _summary(r["read_s"]),
+        median = float(np.median(r["total_s"]))
+        points.append({"slices": n, "latency_s": _summary(r["total_s"]),
+                       "read_s": _summary(r["read_s"]) if r.get("read_s") else None,
                        "pipeline_s": _summary(r["pipeline_s"]), "peak_rss_mb": r["vmhwm_kb"] / 1024.0,
-                       "how": r["how"], "torch_loaded": r["torch_loaded"]})
+                       "peak_rss_before_studies_mb": (r["vmhwm_before_studies_kb"] / 1024.0
+                                                      if r.get("vmhwm_before_studies_kb") else None),
+                       "ms_per_slice": 1000.0 * median / n, "how": r["how"], "torch_loaded": r["torch_loaded"]})
+        if source == "dicom":
+            shutil.rmtree(spec["series"], ignore_errors=True)
+    if warmup:
+        shutil.rmtree(warmup, ignore_errors=True)
     ok = [p for p in points if "error" not in p]
     fit = fit_linear([p["slices"] for p in ok], [p["latency_s"]["median"] for p in ok])
     at_target = next((p for p in ok if p["slices"] == TARGET_SLICES), None)
@@ -144,10 +265,14 @@ def run_scaling(segmenter=None, classifier=None, data_dirs=(), slices=DEFAULT_SL
                     "classifier": classifier and os.path.abspath(classifier)},
         "backend": backend, "threads": threads, "batch": batch, "repeats": repeats,
         "data_dirs": [os.path.abspath(d) for d in data_dirs], "points": points, "fit": fit,
+        "source": source, "dicom_size": dicom_size if source == "dicom" else None,
+        "rss_flatness": rss_flatness(points),
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "target_slices": TARGET_SLICES, "target_s": TARGET_S,
         "target_latency_s": at_target["latency_s"]["median"] if at_target else None,
         "meets_target": (at_target["latency_s"]["median"] < TARGET_S) if at_target else None,
-        "command": _command(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out),
+        "command": _command(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out, source,
+                            dicom_size),
         "environment": describe(threads),
     }
     if out:
@@ -155,7 +280,8 @@ def run_scaling(segmenter=None, classifier=None, data_dirs=(), slices=DEFAULT_SL
     return results
 
 
-def _command(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out):
+def _command(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out, source="dicom",
+             dicom_size=512):
     parts = ["lungedge", "bench", "scaling"]
     if segmenter:
         parts += ["--segmenter", segmenter]
@@ -165,6 +291,7 @@ def _command(segmenter, classifier, data_dirs, slices, repeats, batch, threads, 
     parts += ["--repeats", str(repeats), "--batch", str(batch), "--threads", str(threads)]
     if backend != "onnxruntime":
         parts += ["--backend", backend]
+    parts += ["--source", source] + (["--dicom-size", str(dicom_size)] if source == "dicom" else [])
     if out:
         parts += ["--out", out]
     return " ".join(parts)
@@ -178,17 +305,32 @@ def render_markdown(results, heading_level=1):
     rows = []
     for p in results["points"]:
         if "error" in p:
-            rows.append([p["slices"], "error: " + p["error"], "", "", "", ""])
+            rows.append([p["slices"], "error: " + p["error"], "", "", "", "", ""])
             continue
         rows.append([p["slices"], fmt(p["latency_s"]["median"], 2),
                      f"{fmt(p['latency_s']['min'], 2)} - {fmt(p['latency_s']['max'], 2)}",
-                     fmt(p["read_s"]["median"], 2), fmt(p["pipeline_s"]["median"], 2), fmt(p["peak_rss_mb"], 0)])
+                     fmt((p.get("read_s") or {}).get("median"), 2), fmt(p["pipeline_s"]["median"], 2),
+                     fmt(p.get("ms_per_slice"), 1), fmt(p["peak_rss_mb"], 0)])
     per_slice = fit.get("per_slice_s")
+    source = results.get("source", "png")
+    how = (f"each study a {results.get('dicom_size')} x {results.get('dicom_size')} CT DICOM series on disk, streamed "
+           "by the pipeline one file at a time (read s is part of pipeline s)" if source == "dicom" else
+           "PNG slices read into one in-memory volume, then the pipeline")
+    flat = results.get("rss_flatness") or {}
+    flat_line = ""
+    if flat.get("flat") is not None:
+        flat_line = (f"Peak RSS: {fmt(flat['reference_mb'], 0)} MB at {flat['reference_slices']} slices, at most "
+                     f"{100 * flat['max_growth']:+.1f} % above it at larger studies: flat within "
+                     f"{100 * flat['tolerance']:.0f} % " + ("**met**" if flat["flat"] else "**missed**") + ".")
     lines = [f"{h} CT study scaling", "",
              f"Bundles: {results['bundles']}; {results['backend']}, {results['threads']} threads, slices in batches of "
-             f"{results['batch']}, median of {results['repeats']} studies after a warm-up; one process per study size.",
+             f"{results['batch']}, median of {results['repeats']} studies after a warm-up; one process per study size; "
+             f"{how}." + (f" Load average {results['loadavg_before'][0]:.2f} before, {results['loadavg_after'][0]:.2f} "
+                          f"after (other processes share these {results['environment'].get('logical_cpus')} CPUs)."
+                          if results.get("loadavg_before") else ""),
              "", "```", results["command"], "```", "",
-             md_table(["slices", "latency s (median)", "min - max", "read s", "pipeline s", "peak RSS MB"], rows), "",
+             md_table(["slices", "latency s (median)", "min - max", "read s", "pipeline s", "ms / slice",
+                       "peak RSS MB"], rows), "", flat_line, "",
              f"Fit: {fmt(fit.get('intercept_s'), 3)} s + {fmt(per_slice * 1000 if per_slice else None, 2)} ms per slice "
              f"(R^2 {fmt(fit.get('r2'), 4)}).",
              f"Target: a {results['target_slices']}-slice study in under {results['target_s']:.0f} s: "
@@ -220,7 +362,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt", "auto"],
+                   help="auto: each bundle's measured CPU default (manifest cpu_default)")
+    p.add_argument("--source", default="dicom", choices=SOURCES,
+                   help="dicom: write each study as a DICOM series and stream it from disk (default); "
+                        "png: read the PNGs into an in-memory volume first")
+    p.add_argument("--dicom-size", type=int, default=512, help="rows and columns of the written DICOM slices")
     p.add_argument("--out")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -230,7 +377,7 @@ def main(argv=None):
     if not a.data:
         p.error("--data is required")
     results = run_scaling(a.segmenter, a.classifier, a.data, a.slices, a.repeats, a.batch, a.threads, a.backend,
-                          a.out, progress=not a.no_progress)
+                          a.out, progress=not a.no_progress, source=a.source, dicom_size=a.dicom_size)
     print(render_markdown(results, heading_level=2))
     return 0
 

@@ -23,8 +23,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from lungedge.models.data import AUGMENT_LEVELS, augment
-from lungedge.models.train import (class_weights, evaluate, make_optimizer, predict, segmentation_loss,
-                                   source_balanced_weights)
+from lungedge.models.train import (
+    class_weights,
+    evaluate,
+    make_optimizer,
+    predict,
+    segmentation_loss,
+    source_balanced_weights,
+)
 from lungedge.runtime.configs import config_from_dict
 
 SEG_KD_MODES = ("bce", "mse")

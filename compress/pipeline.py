@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lungedge.compress import gate as G
+from lungedge.compress.cpu_default import choose_for_bundle
 from lungedge.compress.distill import distill
 from lungedge.compress.errors import CompressError, GateFailed
 from lungedge.compress.export import INPUT_NAME, OUTPUT_NAME, export_onnx, verify_onnx
@@ -520,6 +521,7 @@ def _build_bundle(run, model, staging, work, distill_report, prune_report, basel
                              "golden_max_abs_diff": diff, "gate": verdict.to_dict()}
     golden = write_golden(staging, fp32, golden_images, measured, run.threads)
     default = default_artifact(artifacts)
+    cpu_default = choose_for_bundle(run, staging, artifacts, golden, golden_images, ref)
     thresholds = ({spec.positive_label: artifacts[default]["threshold"]} if spec.kind == "classification"
                   else {"mask": 0.5})
 
@@ -529,7 +531,7 @@ def _build_bundle(run, model, staging, work, distill_report, prune_report, basel
         name += f"-p{int(round(prune_report['config']['macs_ratio'] * 100))}"
     name += "-int8" if any(a["precision"] == "int8" for a in artifacts.values()) else "-fp32"
     manifest = base_manifest(spec, run.size, name, recipe.description, steps=run.steps)
-    manifest.update(artifacts=artifacts, golden=golden, thresholds=thresholds)
+    manifest.update(artifacts=artifacts, golden=golden, thresholds=thresholds, cpu_default=cpu_default)
     if run.crop is not None:
         manifest["input_crop"] = run.crop.spec
     manifest["quality"] = quality_calibration(run, staging, artifacts)

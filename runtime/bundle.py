@@ -40,7 +40,8 @@ TASKS = ("classification", "segmentation")
 MODALITIES = ("xray", "ct")
 REQUIRED = ("schema_version", "name", "task", "modality", "input", "output", "preprocessing", "labels",
             "thresholds", "artifacts", "provenance")
-OPTIONAL = ("positive_label", "golden", "metrics", "description", "input_crop", "quality")
+OPTIONAL = ("positive_label", "golden", "metrics", "description", "input_crop", "quality", "cpu_default")
+CPU_DEFAULT_BACKENDS = ("onnxruntime", "openvino")
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -59,6 +60,13 @@ def artifact_entry(bundle_dir, path, fmt, precision, backend, **extra):
              "precision": precision, "backend": backend}
     entry.update(extra)
     return entry
+
+
+def runs_on(art, backend):
+    """True when artifact entry ``art`` is for ``backend``; OpenVINO takes the ONNX files made for ONNX Runtime."""
+    if backend == "openvino":
+        return art["backend"] in ("onnxruntime", "openvino") and art.get("format", "onnx") == "onnx"
+    return art["backend"] == backend
 
 
 def validate_manifest(manifest):
@@ -104,6 +112,26 @@ def validate_manifest(manifest):
                 raise BundleError(f"quality.ood names artifact {key!r}, which the bundle does not have")
             if os.path.isabs(entry.get("path", "")) or ".." in entry.get("path", "").replace("\\", "/").split("/"):
                 raise BundleError(f"quality.ood[{key!r}] path escapes the bundle")
+    _check_cpu_default(manifest)
+
+
+def _check_cpu_default(manifest):
+    """``cpu_default`` (optional): the measured choice of CPU artifact and backend; it must name what exists."""
+    choice = manifest.get("cpu_default")
+    if choice is not None and not isinstance(choice, dict):
+        raise BundleError("cpu_default must be an object (artifact, backend, inference_precision, ...)")
+    if choice is None or choice.get("artifact") is None:
+        return  # absent, or recorded as "nothing passed": the runtime then needs an explicit backend
+    if choice["artifact"] not in manifest["artifacts"]:
+        raise BundleError(f"cpu_default names artifact {choice['artifact']!r}, which the manifest does not list")
+    if choice.get("backend") not in CPU_DEFAULT_BACKENDS:
+        raise BundleError(f"cpu_default backend {choice.get('backend')!r} is not one of {CPU_DEFAULT_BACKENDS}")
+    if choice["backend"] == "openvino" and choice.get("inference_precision") not in ("f32", "bf16"):
+        raise BundleError(f"cpu_default on openvino needs inference_precision f32 or bf16, "
+                          f"got {choice.get('inference_precision')!r}")
+    threads = choice.get("threads")
+    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads > 0):
+        raise BundleError(f"cpu_default threads must be a positive integer, got {threads!r}")
 
 
 class Bundle:
@@ -150,15 +178,33 @@ class Bundle:
         return os.path.join(self.root, self.manifest["artifacts"][key]["path"])
 
     def find_artifact(self, backend, precision=None):
-        """Key of the artifact for ``backend`` (and ``precision`` if given); the smallest-precision first."""
+        """Key of the artifact for ``backend`` (and ``precision`` if given); the smallest-precision first.
+
+        OpenVINO runs the ONNX artifacts (recorded for "onnxruntime"), so ``backend="openvino"`` finds those.
+        """
         order = {"int8": 0, "fp16": 1, "fp32": 2}
         keys = [k for k, a in self.manifest["artifacts"].items()
-                if a["backend"] == backend and (precision is None or a["precision"] == precision)]
+                if runs_on(a, backend) and (precision is None or a["precision"] == precision)]
         if not keys:
             have = sorted({(a["backend"], a["precision"]) for a in self.manifest["artifacts"].values()})
             raise BundleError(f"bundle has no {backend} artifact"
                               + (f" at {precision}" if precision else "") + f"; it has {have}")
         return sorted(keys, key=lambda k: order.get(self.manifest["artifacts"][k]["precision"], 9))[0]
+
+    def cpu_default(self):
+        """(artifact key, backend, inference precision, threads or None) measured fastest among gate-passing CPU
+        variants. BundleError when the manifest records no such choice (older bundles, or nothing passed)."""
+        choice = self.manifest.get("cpu_default") or {}
+        if not choice.get("artifact"):
+            raise BundleError("this bundle records no measured CPU default (cpu_default); choose a backend "
+                              "explicitly (--backend onnxruntime or openvino), or rebuild it with lungedge compress")
+        threads = choice.get("threads")
+        return (choice["artifact"], choice["backend"], choice.get("inference_precision") or "f32",
+                int(threads) if threads else None)
+
+    def cache_dir(self, kind):
+        """Folder for caches a backend may write (compiled blobs): ``<bundle>/cache/<kind>``, not checksummed."""
+        return os.path.join(self.root, "cache", kind)
 
     @property
     def input_size(self):

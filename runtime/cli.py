@@ -32,7 +32,7 @@ TORCH_FREE_EXPORTS = {"triton": "lungedge.runtime.triton"}
 COMPRESS_EXTRA_MODULES = ("torch", "torchvision", "torch_pruning", "onnx", "onnxscript", "matplotlib")
 # Top-level modules that only the dicom-node extra installs.
 DICOM_NODE_EXTRA_MODULES = ("pynetdicom", "highdicom")
-BACKEND_CHOICES = ("onnxruntime", "tensorrt")
+BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt", "auto")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 log = logging.getLogger("lungedge")
@@ -77,10 +77,13 @@ def run_external(argv):
 
 
 def _add_backend_options(parser):
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="onnxruntime")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="onnxruntime",
+                        help="auto: the bundle's measured CPU default (manifest cpu_default)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="artifact precision (default: the smallest the bundle has for the backend)")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (ONNX Runtime intra-op, OpenVINO)")
+    parser.add_argument("--inference-precision", choices=("f32", "bf16"), default="f32",
+                        help="OpenVINO compute precision (pinned; BF16 only where the bundle's gate allows it)")
 
 
 def build_parser():
@@ -162,7 +165,8 @@ class InputRouter:
 def _open(bundle_dir, args, precision):
     from lungedge.runtime.predictor import Predictor
 
-    return Predictor.from_bundle(bundle_dir, backend=args.backend, precision=precision, threads=args.threads)
+    return Predictor.from_bundle(bundle_dir, backend=args.backend, precision=precision, threads=args.threads,
+                                 inference_precision=args.inference_precision)
 
 
 def cmd_infer(args):
@@ -225,7 +229,8 @@ def cmd_selftest(args):
     from lungedge.runtime.selftest import run_selftest
 
     try:
-        result = run_selftest(args.bundle, backend=args.backend, precision=args.precision, threads=args.threads)
+        result = run_selftest(args.bundle, backend=args.backend, precision=args.precision, threads=args.threads,
+                              inference_precision=args.inference_precision)
     except LungedgeError as exc:
         print(f"lungedge selftest: FAIL: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ ONNX Runtime session's ``run`` is thread-safe; the TensorRT backend serialises i
 """
 
 import hashlib
+import math
 import os
 
 import cv2
@@ -64,6 +65,14 @@ def softmax(logits, axis=-1):
     z = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def softmax_list(values):
+    """Softmax of a short list of floats in plain Python (a few classes: 4x faster than numpy's call overhead)."""
+    top = max(values)
+    e = [math.exp(v - top) for v in values]
+    total = math.fsum(e)
+    return [x / total for x in e]
 
 
 def sigmoid(x):
@@ -135,12 +144,29 @@ class Predictor:
         return float(m["thresholds"][self.positive_label])
 
     @classmethod
-    def from_bundle(cls, path, backend="onnxruntime", precision=None, threads=None, providers=None, device=0):
-        """Load and verify a bundle (sha256) and open its artifact for ``backend`` (smallest precision first)."""
+    def from_bundle(cls, path, backend="onnxruntime", precision=None, threads=None, providers=None, device=0,
+                    inference_precision="f32"):
+        """Load and verify a bundle (sha256) and open its artifact for ``backend`` (smallest precision first).
+
+        ``inference_precision`` is OpenVINO's compute precision ("f32" or "bf16"), pinned because OpenVINO would
+        otherwise choose BF16 by itself on CPUs that have it; the other backends ignore it. ``backend="auto"``
+        opens the manifest's ``cpu_default`` (artifact, backend, precision and thread count chosen by measured
+        latency; ``threads`` given here overrides the recorded count).
+        """
         bundle = Bundle.load(path)
-        key = bundle.find_artifact(backend, precision)
+        if backend == "auto":  # the bundle's measured choice; its backend missing here is an error, not a swap
+            key, backend, inference_precision, measured_threads = bundle.cpu_default()
+            threads = threads or measured_threads  # the measured count unless the caller pins one
+            if precision is not None and bundle.manifest["artifacts"][key]["precision"] != precision:
+                raise BundleError(f"the bundle's measured CPU default is {key}, not a {precision} artifact; "
+                                  "leave out the precision or choose the backend explicitly")
+        else:
+            key = bundle.find_artifact(backend, precision)
         if backend == "tensorrt":
             opts = {"entry": bundle.manifest["artifacts"][key], "device": device}
+        elif backend == "openvino":
+            opts = {"threads": threads, "precision": inference_precision,
+                    "cache_dir": bundle.cache_dir("openvino")}
         else:
             opts = {"threads": threads}
             if providers:
@@ -151,8 +177,11 @@ class Predictor:
     def info(self):
         """What ran: bundle name, task, modality, artifact, backend and precision."""
         art = self.manifest["artifacts"][self.artifact_key]
-        return {"name": self.name, "task": self.task, "modality": self.modality, "artifact": self.artifact_key,
+        info = {"name": self.name, "task": self.task, "modality": self.modality, "artifact": self.artifact_key,
                 "backend": art["backend"], "precision": art["precision"]}
+        if getattr(self.backend, "name", None) == "openvino":  # same ONNX file, another runtime
+            info["backend"], info["inference_precision"] = "openvino", self.backend.precision
+        return info
 
     def prepare(self, array, meta, source):
         """Check modality and dimensionality, then run the manifest's preprocessing: ((1, H, W), meta)."""
@@ -264,11 +293,11 @@ class Predictor:
 
     def classify(self, row):
         """Probabilities per label and the decided label from one output row."""
-        row = np.asarray(row, np.float64).ravel()
-        if row.size != len(self.labels):
-            raise BundleError(f"model outputs {row.size} classes but the manifest lists {len(self.labels)} labels")
-        probs = row if self.output_kind == "probabilities" else softmax(row)
-        probabilities = {label: float(p) for label, p in zip(self.labels, probs)}
+        values = np.asarray(row, np.float64).ravel().tolist()
+        if len(values) != len(self.labels):
+            raise BundleError(f"model outputs {len(values)} classes but the manifest lists {len(self.labels)} labels")
+        probs = values if self.output_kind == "probabilities" else softmax_list(values)
+        probabilities = dict(zip(self.labels, probs))
         label = decide_label(probabilities, self.positive_label, self.threshold)
         out = {"probabilities": probabilities, "label": label, "positive_label": self.positive_label,
                "threshold": self.threshold}

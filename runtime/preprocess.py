@@ -7,6 +7,9 @@ steps by name with their parameters; ``STEPS`` maps each name to its function. T
 ``preprocess``, feeds training, calibration, the benchmark and the bedside runtime, so they cannot drift.
 """
 
+import functools
+import math
+
 import cv2
 import numpy as np
 
@@ -32,21 +35,38 @@ def window_ct(array, meta, center=LUNG_WINDOW[0], width=LUNG_WINDOW[1]):
     return _affine_clip01(array, 0.0, 1.0 / float(meta.get("intensity_max", 255.0))), meta
 
 
-def _order_statistics_u8(a, ranks):
-    """Sorted-order values at integer ``ranks`` of an array holding integers 0..255, via a histogram."""
-    hist = cv2.calcHist([a.astype(np.uint8)], [0], None, [256], [0, 256]).ravel()
-    return np.searchsorted(np.cumsum(hist), np.asarray(ranks, np.float64), side="right").astype(np.float64)
+_U8_VALUES = np.arange(256, dtype=np.float32)
+
+
+def _u8_histogram(u8):
+    return cv2.calcHist([u8], [0], None, [256], [0, 256]).ravel()
+
+
+@functools.lru_cache(maxsize=64)
+def _rank_plan(size, qs):
+    """For ``np.percentile``'s linear method: the two sorted ranks around each percentile and the weight between."""
+    ranks, fractions = [], []
+    for q in qs:
+        pos = float(q) / 100.0 * (size - 1)
+        below = math.floor(pos)
+        ranks += [below, min(below + 1, size - 1)]
+        fractions.append(pos - below)
+    return np.asarray(ranks, np.float64), tuple(fractions)
+
+
+def _percentiles_from_histogram(hist, size, qs):
+    """``np.percentile`` (linear method) of ``size`` integer values 0..255 whose histogram is ``hist``."""
+    ranks, fractions = _rank_plan(int(size), tuple(float(q) for q in qs))
+    # The value at sorted rank r is the first bin whose running count exceeds r.
+    v = np.cumsum(hist).searchsorted(ranks, side="right").tolist()
+    return tuple(float(v[2 * i]) + float(v[2 * i + 1] - v[2 * i]) * f for i, f in enumerate(fractions))
 
 
 def percentiles(a, qs):
     """``np.percentile(a, qs)`` (linear method), exact; a histogram for 8-bit-valued images (4x faster)."""
     lo_val, hi_val = float(a.min()), float(a.max())
     if lo_val >= 0.0 and hi_val <= 255.0 and np.array_equal(a, np.floor(a)):
-        pos = np.asarray(qs, np.float64) / 100.0 * (a.size - 1)
-        below, frac = np.floor(pos), pos - np.floor(pos)
-        v = _order_statistics_u8(a, np.concatenate([below, np.minimum(below + 1, a.size - 1)]))
-        n = len(pos)
-        return tuple(float(x) for x in v[:n] + (v[n:] - v[:n]) * frac)
+        return _percentiles_from_histogram(_u8_histogram(a.astype(np.uint8)), a.size, qs)
     return tuple(float(v) for v in np.percentile(a, qs))
 
 
@@ -138,8 +158,80 @@ def check_steps(steps):
             raise BundleError(f"step {name!r} has unknown parameters {sorted(unknown)}; accepted: {sorted(accepted)}")
 
 
+def _xray_plan(steps):
+    """(low_percentile, high_percentile, (H, W), mean, std) if ``steps`` are exactly scale_to_unit -> letterbox ->
+    standardize (the X-ray recipe), else None."""
+    if len(steps) != 3 or [s.get("op") for s in steps] != ["scale_to_unit", "letterbox", "standardize"]:
+        return None
+    scale, box, norm = steps
+    if set(scale) - {"op", "low_percentile", "high_percentile"} or set(box) - {"op", "size"} \
+            or set(norm) - {"op", "mean", "std"}:
+        return None  # unknown parameters: the step-by-step path reports them
+    size = box.get("size", (256, 256))
+    return (float(scale.get("low_percentile", 0.0)), float(scale.get("high_percentile", 100.0)),
+            (int(size[0]), int(size[1])), norm.get("mean", 0.5), norm.get("std", 0.25))
+
+
+def _fused_xray(array, meta, plan):
+    """The X-ray steps in one pass for an 8-bit-valued image, bit-identical to running them one by one.
+
+    Clip-to-unit is a function of the pixel value alone, so for values 0..255 it is a 256-entry table (cv2.LUT)
+    computed with the same float32 operations as ``_affine_clip01``; the percentiles come from the same histogram
+    as ``percentiles``; letterbox and standardize then run as in their steps, in place. Returns None when the
+    image is not 8-bit-valued (or has another problem): the step-by-step path then gives the result or the error.
+    """
+    a = array
+    if a.ndim != 2 or a.dtype != np.float32 or not a.size:
+        return None
+    if not a.flags.c_contiguous:  # OpenCV needs positive, dense strides (views such as a[::-1] have neither)
+        a = np.ascontiguousarray(a)
+    u8 = cv2.convertScaleAbs(a)  # rounds and saturates, without numpy's cast warnings for NaN
+    if not np.array_equal(u8, a):  # so false for NaN, negatives, >255 and fractions
+        return None
+    low_p, high_p, (out_h, out_w), mean, std = plan
+    hist = _u8_histogram(u8)
+    if low_p <= 0.0 and high_p >= 100.0:
+        nonzero = np.flatnonzero(hist)
+        lo, hi = float(nonzero[0]), float(nonzero[-1])
+    else:
+        lo, hi = _percentiles_from_histogram(hist, a.size, (low_p, high_p))
+    if hi - lo < 1e-6:
+        return None
+    table = _affine_clip01(_U8_VALUES, lo, 1.0 / (hi - lo))
+    unit = cv2.LUT(u8, table)
+    h, w = a.shape
+    scale = min(out_h / h, out_w / w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    resized = cv2.resize(unit, (new_w, new_h), interpolation=interp)
+    pad_y, pad_x = (out_h - new_h) // 2, (out_w - new_w) // 2
+    if (new_h, new_w) == (out_h, out_w):
+        out = resized.reshape(1, out_h, out_w)
+    else:
+        out = np.zeros((1, out_h, out_w), np.float32)
+        out[0, pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
+    np.subtract(out, np.float32(mean), out=out)
+    np.divide(out, np.float32(std), out=out)
+    meta = dict(meta, letterbox={"scale": scale, "pad_x": pad_x, "pad_y": pad_y, "content_w": new_w,
+                                 "content_h": new_h, "orig_w": w, "orig_h": h})
+    return out, meta
+
+
 def preprocess(array, meta, steps):
-    """Run the manifest's steps on one image; returns a (1, H, W) float32 array and the updated meta."""
+    """Run the manifest's steps on one image; returns a (1, H, W) float32 array and the updated meta.
+
+    The X-ray recipe on an 8-bit-valued image takes a fused path with bit-identical output (see ``_fused_xray``).
+    """
+    plan = _xray_plan(steps)
+    if plan is not None and isinstance(array, np.ndarray):
+        fused = _fused_xray(array, meta, plan)
+        if fused is not None:
+            return fused
+    return preprocess_stepwise(array, meta, steps)
+
+
+def preprocess_stepwise(array, meta, steps):
+    """``preprocess`` one step after the other (the definition the fused path is tested against)."""
     meta = dict(meta)
     out = np.asarray(array)
     for step in steps:

@@ -28,23 +28,43 @@ def load_golden(bundle):
     return inputs, outputs, dict(golden.get("tolerances", {}))
 
 
-def run_selftest(bundle_dir, backend="onnxruntime", precision=None, threads=None):
-    """Run the golden inputs; returns a dict with ``passed``, ``max_abs_diff``, ``tolerance`` and what ran."""
+def run_selftest(bundle_dir, backend="onnxruntime", precision=None, threads=None, inference_precision="f32"):
+    """Run the golden inputs; returns a dict with ``passed``, ``max_abs_diff``, ``tolerance`` and what ran.
+
+    On OpenVINO at ``inference_precision="bf16"`` the golden file must carry a "bf16" tolerance (the bundle's
+    gate allowed BF16); the larger of it and the artifact's own tolerance applies.
+    """
     bundle = Bundle.load(bundle_dir)
     inputs, expected, tolerances = load_golden(bundle)
-    key = bundle.find_artifact(backend, precision)
+    if backend == "auto":
+        key, backend, inference_precision, measured_threads = bundle.cpu_default()
+        threads = threads or measured_threads
+    else:
+        key = bundle.find_artifact(backend, precision)
     entry = bundle.manifest["artifacts"][key]
     if entry["precision"] not in tolerances:
         raise BundleError(f"golden tolerances {sorted(tolerances)} have none for precision {entry['precision']!r}")
-    opts = {"entry": entry} if backend == "tensorrt" else {"threads": threads}
+    tolerance = float(tolerances[entry["precision"]])
+    if backend == "tensorrt":
+        opts = {"entry": entry}
+    elif backend == "openvino":
+        opts = {"threads": threads, "precision": inference_precision, "cache_dir": bundle.cache_dir("openvino")}
+        if str(inference_precision).lower() == "bf16":
+            if "bf16" not in tolerances:
+                raise BundleError("the bundle's golden tolerances have no 'bf16' entry: BF16 was not gated for this "
+                                  "bundle; self-test it at f32 or rebuild the bundle with a BF16 gate")
+            tolerance = max(tolerance, float(tolerances["bf16"]))
+    else:
+        opts = {"threads": threads}
     engine = create_backend(backend, bundle.path_of(key), **opts)
     try:
         got = engine.run(inputs)
     finally:
         engine.close()
-    tolerance = float(tolerances[entry["precision"]])
     report = {"bundle": bundle.manifest["name"], "artifact": key, "backend": backend,
               "precision": entry["precision"], "samples": int(inputs.shape[0]), "tolerance": tolerance}
+    if backend == "openvino":
+        report["inference_precision"] = str(inference_precision).lower()
     if got.shape != expected.shape:
         report.update(passed=False, max_abs_diff=None,
                       reason=f"output shape {got.shape} differs from the golden {expected.shape}")

@@ -561,7 +561,7 @@ def _handler_for(service):
     return Handler
 
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 # Options that fall back to an environment variable (the container image sets these).
 ENV_DEFAULTS = {"bundle": "LUNGEDGE_BUNDLE", "watch": "LUNGEDGE_WATCH", "out": "LUNGEDGE_OUT",
                 "backend": "LUNGEDGE_BACKEND"}

@@ -7,7 +7,7 @@
 # Interpreters default to pyenv's; override with PY38=/path/python3.8 PY310=/path/python3.10.
 # Venvs default to .venvs/venv38 and .venvs/venv310 in the repo; override with VENV_ROOT=/some/dir.
 # A missing interpreter is skipped with a message, except under CI=true where it fails.
-# The runtime's own dependencies plus onnx (tests build tiny models), pillow (pydicom's JPEG baseline
+# The runtime's own dependencies, openvino (the optional backend, tested everywhere), plus onnx (tests build tiny models), pillow (pydicom's JPEG baseline
 # decoder for the CR sample files), pytest and vermin. No torch: the runtime must not need it.
 set -euo pipefail
 
@@ -15,7 +15,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV_ROOT="${VENV_ROOT:-$REPO/.venvs}"
 PY38="${PY38:-/root/.pyenv/versions/3.8.18/bin/python3.8}"
 PY310="${PY310:-/root/.pyenv/versions/3.10.13/bin/python3.10}"
-PACKAGES=(numpy opencv-python-headless onnxruntime pydicom nibabel tqdm pytest onnx pillow vermin)
+PACKAGES=(numpy opencv-python-headless onnxruntime openvino pydicom nibabel tqdm pytest onnx pillow vermin)
 
 run_one() {
     local version="$1" python="$2"
@@ -39,7 +39,7 @@ run_one() {
     "$venv/bin/python" -m pip install --quiet --only-binary=:all: "${PACKAGES[@]}"
     "$venv/bin/python" -m pip install --quiet --no-deps -e "$REPO"
     echo "== Python $version ($venv)"
-    "$venv/bin/python" -m pip list 2>/dev/null | grep -iE '^(numpy|opencv-python-headless|onnxruntime|pydicom|nibabel|onnx|pillow|pytest) '
+    "$venv/bin/python" -m pip list 2>/dev/null | grep -iE '^(numpy|opencv-python-headless|onnxruntime|openvino|pydicom|nibabel|onnx|pillow|pytest) '
     (cd "$REPO" && env -u PYTHONPATH "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/runtime)
 }
 

@@ -1,18 +1,24 @@
 """Inference backends: a plain dict from name to class; ``create_backend`` builds one by name.
 
-The classes are imported when this package is, but their libraries (onnxruntime, tensorrt, pycuda) only when a
-backend is created, so a machine without TensorRT can still use the ONNX Runtime backend.
+The classes are imported when this package is, but their libraries (onnxruntime, openvino, tensorrt, pycuda) only
+when a backend is created, so a machine without TensorRT or OpenVINO can still use the ONNX Runtime backend.
+OpenVINO runs the same ONNX artifacts as ONNX Runtime (``ONNX_BACKENDS``).
 """
 
 from lungedge.runtime.backends.base import Backend
+from lungedge.runtime.backends.openvino import OpenVinoBackend
 from lungedge.runtime.backends.ort import OrtBackend
 from lungedge.runtime.backends.trt import TrtBackend
 from lungedge.runtime.errors import BackendUnavailable
 
 BACKENDS = {
     "onnxruntime": OrtBackend,
+    "openvino": OpenVinoBackend,
     "tensorrt": TrtBackend,
 }
+
+# Backends that run the bundle's ONNX artifacts (recorded with backend "onnxruntime" in the manifest).
+ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
 def create_backend(name, path, **opts):
@@ -22,4 +28,4 @@ def create_backend(name, path, **opts):
     return BACKENDS[name](path, **opts)
 
 
-__all__ = ["BACKENDS", "Backend", "OrtBackend", "TrtBackend", "create_backend"]
+__all__ = ["BACKENDS", "ONNX_BACKENDS", "Backend", "OpenVinoBackend", "OrtBackend", "TrtBackend", "create_backend"]

@@ -94,7 +94,7 @@ def test_benchmarks_md(cls_results, seg_results, tmp_path):
     assert "## Targets" in text and "## X-ray classification:" in text and "## X-ray lung segmentation:" in text
     assert "## CT classification\n\nNot measured yet." in text
     assert cls_results[0]["command"] in text and seg_results[0]["command"] in text
-    assert "300-slice CT study < 10 s | – | – | **not measured** | – |" in text
+    assert "300-slice CT study < 6 s | – | – | **not measured** | – |" in text
     assert f"1. `{cls_results[0]['command']}`" in text
     rel = os.path.relpath(cls_results[1], str(tmp_path))
     assert f"]({rel}/roc.png)" in text

@@ -29,7 +29,7 @@ def test_scaling_run(tmp_path, ct_seg_dir):
     bundle = export_baseline_bundle(run, str(tmp_path / "bundle"), use_compress=False)
     out = str(tmp_path / "out")
     res = SC.run_scaling(segmenter=bundle, data_dirs=[ct_seg_dir], slices=(2, 6), repeats=1, batch=4, threads=1,
-                         out=out, progress=False)
+                         out=out, progress=False, source="png")
     assert [p["slices"] for p in res["points"]] == [2, 6]
     assert all("error" not in p for p in res["points"]), res["points"]
     p = res["points"][1]
@@ -40,3 +40,51 @@ def test_scaling_run(tmp_path, ct_seg_dir):
     for name in ("results.json", "scaling.png", "report.md"):
         assert os.path.getsize(os.path.join(out, name)) > 200
     assert "lungedge bench scaling --segmenter" in res["command"]
+
+
+def test_dicom_series_round_trip(tmp_path, ct_seg_dir):
+    """The written series reads back through the runtime's streaming reader as HU, in order, one file at a time."""
+    import cv2
+    import numpy as np
+
+    from lungedge.runtime.io import iter_slices
+
+    files = SC.slice_files([ct_seg_dir], 3)
+    folder = SC.write_dicom_series(files, str(tmp_path / "series"), size=64)
+    got = list(iter_slices(folder))
+    assert len(got) == 3 and all(m["unit"] == "HU" and m["format"] == "dicom-series" for _, m in got)
+    assert got[1][1]["slice_spacing"] == 1.0
+    for (array, _), path in zip(got, files):
+        display = cv2.resize(cv2.imread(path, cv2.IMREAD_GRAYSCALE), (64, 64), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(array, np.round(SC.display_to_hu(display)), atol=0.5)
+
+
+def test_rss_flatness():
+    pts = [{"slices": 10, "peak_rss_mb": 200.0}, {"slices": 50, "peak_rss_mb": 210.0},
+           {"slices": 300, "peak_rss_mb": 229.0}]
+    flat = SC.rss_flatness(pts)
+    assert flat["flat"] and flat["reference_slices"] == 10 and flat["max_growth"] == pytest.approx(0.145)
+    assert not SC.rss_flatness(pts + [{"slices": 400, "peak_rss_mb": 240.0}])["flat"]
+    assert SC.rss_flatness(pts[:1])["flat"] is None
+
+
+def test_streamed_dicom_scaling(tmp_path, ct_seg_dir):
+    """Source dicom: the study is a series on disk, streamed by the pipeline; the report says so."""
+    pytest.importorskip("torch")
+    from helpers_bench import make_run
+
+    from lungedge.benchmarks.bundles import export_baseline_bundle
+
+    run = make_run(str(tmp_path / "run"), "ct-seg", "unet_student", 48, ct_seg_dir)
+    bundle = export_baseline_bundle(run, str(tmp_path / "bundle"), use_compress=False)
+    res = SC.run_scaling(segmenter=bundle, data_dirs=[ct_seg_dir], slices=(2, 5), repeats=1, batch=4, threads=1,
+                         out=str(tmp_path / "out"), progress=False, source="dicom", dicom_size=96,
+                         work_dir=str(tmp_path / "work"))
+    assert all("error" not in p for p in res["points"]), res["points"]
+    p = res["points"][1]
+    assert "DICOM series" in p["how"] and p["read_s"] is None and p["ms_per_slice"] > 0
+    assert res["rss_flatness"]["reference_slices"] == 2 and res["rss_flatness"]["max_growth"] is not None
+    assert "--source dicom --dicom-size 96" in res["command"]
+    assert not os.listdir(str(tmp_path / "work"))  # each series is removed once measured
+    text = open(os.path.join(str(tmp_path / "out"), "report.md"), encoding="utf-8").read()
+    assert "streamed" in text and "Peak RSS:" in text

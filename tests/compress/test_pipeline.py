@@ -127,6 +127,13 @@ def test_compress_writes_a_verified_gated_bundle(pack, tmp_path, monkeypatch):
         assert g["inputs"].shape == (4, 1, 48, 48) and g["outputs"].shape == (4, 3)
     for precision in ("fp32", "int8"):
         assert run_selftest(str(out), precision=precision, threads=1)["passed"]
+    # The CPU default: the fastest measured candidate among those passing the gate, and it self-tests.
+    choice = m["cpu_default"]
+    passed = [c for c in choice["candidates"] if c["gate_passed"]]
+    assert {c["artifact"] for c in choice["candidates"]} == {"onnx-fp32", "onnx-int8", "onnx-fp16"}
+    assert choice["latency_ms"] == min(c["latency_ms"] for c in passed) and choice["cpu"]
+    assert (choice["artifact"], choice["backend"]) in {(c["artifact"], c["backend"]) for c in passed}
+    assert run_selftest(str(out), backend="auto", threads=1)["passed"]
     text = render(m)
     assert "onnx-int8-trt" in text and "PASS" in text and "MMACs" in text
     _check_quality_calibration(str(out), m, data)

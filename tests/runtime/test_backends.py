@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from tinymodels import SIZE
 
-from lungedge.runtime.backends import BACKENDS, Backend, OrtBackend, TrtBackend, create_backend
+from lungedge.runtime.backends import (
+    BACKENDS,
+    Backend,
+    OpenVinoBackend,
+    OrtBackend,
+    TrtBackend,
+    create_backend,
+)
 from lungedge.runtime.backends import ort as ort_module
 from lungedge.runtime.backends.trt import check_fingerprint, fingerprint_mismatches
 from lungedge.runtime.errors import BackendUnavailable, BundleError, EngineMismatch
@@ -19,10 +26,10 @@ HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
 def test_registry_maps_names_to_classes():
-    assert BACKENDS == {"onnxruntime": OrtBackend, "tensorrt": TrtBackend}
+    assert BACKENDS == {"onnxruntime": OrtBackend, "openvino": OpenVinoBackend, "tensorrt": TrtBackend}
     assert all(issubclass(cls, Backend) for cls in BACKENDS.values())
-    with pytest.raises(BackendUnavailable, match="unknown backend 'openvino'"):
-        create_backend("openvino", "model.onnx")
+    with pytest.raises(BackendUnavailable, match="unknown backend 'directml'"):
+        create_backend("directml", "model.onnx")
 
 
 def test_ort_runs_dynamic_batch(xray_cls_bundle):
