@@ -67,7 +67,8 @@ def lung_masks(ds, segmenter, crop, size):
         array, meta = read_image(rec.image)
         if crop is not None:
             array, meta, _ = crop(array, meta, {"file": os.path.basename(rec.image)})
-        lung = segmenter.predict_image(array, meta, {"file": os.path.basename(rec.image)})["mask"]
+        lung = segmenter.predict_images([(array, meta, {"file": os.path.basename(rec.image)})],
+                                        check_quality=False)[0]["mask"]
         net, _ = letterbox(lung.astype(np.float32), {}, size=(size, size))
         masks.append(net >= 0.5)
     return masks
@@ -171,7 +172,7 @@ def main(argv=None):
         row = {"config": dataclasses.asdict(cfg), "threshold": metrics["val"]["threshold"]}
         segmenter = Predictor.from_bundle(a.lung_bundle, threads=a.threads)
         for split in ("val", "test"):
-            ds = load_split(a.data, spec, split, cfg.size, crop=crop)
+            ds = load_split(a.data, spec, split, cfg.size, steps=spec.steps(cfg.size, cfg.equalize), crop=crop)
             row[split] = shortcut_report(labels, predict(model, ds), ds.targets, ds.sources, row["threshold"])
             row[split]["attention"] = attention(model, ds, lung_masks(ds, segmenter, crop, cfg.size),
                                                 labels.index("covid"), limit=a.attention_limit)
