@@ -49,8 +49,24 @@ def export_onnx(model, path, size, opset=17, features=False):
         torch.onnx.export(module, (example,), path, input_names=[INPUT_NAME], output_names=names,
                           opset_version=opset, dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME] + names},
                           dynamo=False)
+    _name_outputs(path, names)
     check_onnx(path)
     return path
+
+
+def _name_outputs(path, names):
+    """Give the graph outputs their intended names. The exporter keeps an internal tensor's name when the output
+    is that very tensor (DenseNet's pooled features are already flat, so the flatten above is a no-op); an
+    Identity node then carries it to the right name."""
+    m = onnx.load(path)
+    changed = False
+    for out, name in zip(m.graph.output, names):
+        if out.name != name:
+            m.graph.node.append(onnx.helper.make_node("Identity", [out.name], [name], name=f"output_{name}"))
+            out.name = name
+            changed = True
+    if changed:
+        onnx.save(m, path)
 
 
 def check_onnx(path):

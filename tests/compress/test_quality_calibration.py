@@ -82,3 +82,16 @@ def test_area_bands_from_training_masks():
     assert bands == {"lung": [round(low * 0.5, 6), round(min(1.0, high * 1.5), 6)]}
     multi = area_bands(np.stack([np.eye(4, dtype=np.uint8) * 2] * 3), ["background", "ggo", "consolidation"])
     assert multi == {"ggo": [0.0, 0.0], "consolidation": [0.125, 0.375]}
+
+
+def test_feature_output_keeps_its_name_when_the_head_input_is_already_flat(tmp_path):
+    """DenseNet flattens before its Linear head: the exported feature tensor must still be called 'features'."""
+    import onnx
+    import torch
+
+    from lungedge.compress.export import FEATURE_NAME, OUTPUT_NAME, export_onnx
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 3))
+    path = export_onnx(model, str(tmp_path / "m.onnx"), (16, 16), features=True)
+    assert [o.name for o in onnx.load(path).graph.output] == [OUTPUT_NAME, FEATURE_NAME]
