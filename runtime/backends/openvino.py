@@ -109,7 +109,10 @@ class OpenVinoBackend(Backend):
         first = self.compiled.inputs[0]
         self.input_name = first.get_any_name()
         self.input_dtype = np.float16 if first.get_element_type() == ov.Type.f16 else np.float32
-        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        # An output can carry several tensor names (an ONNX Identity output folded into its producer keeps both):
+        # every name finds its port, and the plain graph-output name is the one reported.
+        self._ports = {name: o for o in self.compiled.outputs for name in o.get_names()}
+        self.output_names = [_graph_name(o) for o in self.compiled.outputs]
         self._output = self.compiled.outputs[0]
         self._local = threading.local()
 
@@ -129,16 +132,22 @@ class OpenVinoBackend(Backend):
 
     def run_outputs(self, batch, names):
         """Run one batch; returns {name: float32 array} for the named outputs (one inference)."""
-        missing = [n for n in names if n not in self.output_names]
+        missing = [n for n in names if n not in self._ports]
         if missing:
             raise BundleError(f"the model has no outputs {missing}; it has {self.output_names}")
         if self.compiled is None:
             raise BackendUnavailable("this OpenVINO backend was closed")
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
         result = self._request().infer({0: x})
-        ports = {o.get_any_name(): o for o in self.compiled.outputs}
-        return {n: np.array(result[ports[n]], dtype=np.float32, copy=True) for n in names}
+        return {n: np.array(result[self._ports[n]], dtype=np.float32, copy=True) for n in names}
 
     def close(self):
         self.compiled = None
         self._local = threading.local()
+
+
+def _graph_name(port):
+    """The name an ONNX graph output had: the one without the exporter's "/node/..." path, when there is one."""
+    names = sorted(port.get_names())
+    plain = [n for n in names if not n.startswith("/") and ":" not in n]
+    return (plain or names or [port.get_any_name()])[0]

@@ -281,3 +281,29 @@ def test_openvino_does_not_import_torch(xray_cls_bundle):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_outputs_found_by_their_onnx_names_when_openvino_folds_an_identity(tmp_path):
+    """A graph output produced by an Identity (how lungedge names DenseNet's feature output) keeps its name."""
+    pytest.importorskip("openvino")
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from lungedge.runtime.backends import create_backend
+
+    nodes = [helper.make_node("Flatten", ["image"], ["/model/Flatten_output_0"], axis=1),
+             helper.make_node("MatMul", ["/model/Flatten_output_0", "w"], ["logits"]),
+             helper.make_node("Identity", ["/model/Flatten_output_0"], ["features"])]
+    w = helper.make_tensor("w", TensorProto.FLOAT, [16, 3], np.ones(48, np.float32).tolist())
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3]),
+                               helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 16])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    backend = create_backend("openvino", path, threads=1)
+    assert backend.output_names == ["logits", "features"]
+    out = backend.run_outputs(np.ones((1, 1, 4, 4), np.float32), ["features", "logits"])
+    assert out["features"].shape == (1, 16) and np.allclose(out["logits"], 16.0)
