@@ -111,7 +111,7 @@ def render_markdown(results, command):
             lines.append("| " + " | ".join(cells) + " |")
     arch = next(iter(results.values()))["config"]
     return "\n".join([
-        "## Shortcut screen: X-ray classification recipes on the compact student", "",
+        "# Shortcut screen: X-ray classification recipes on the compact student", "",
         f"Each recipe trains `{arch['arch']}` at {arch['size']} px from scratch on the xray-cls train split; recipes "
         "are compared on **validation** (test shown, never used to choose). *Within* AUCs are computed inside one "
         "source that holds several labels, where recognising the source is worth nothing. COVID calls and "
