@@ -193,8 +193,12 @@ def subgroup_bars(results, path):
     if not entries:
         return None
     plt = _plt()
-    names = [r["name"] for r in results["rows"]]
-    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.55 * len(entries) * len(names) ** 0.5 + 2), 7), sharex=True)
+    # One bar per model: the reference, then each row on its native runtime (torch or ONNX Runtime); the other
+    # backends' rows are in the tables. At most 6 bars per subgroup keep the figure readable.
+    rows = [r for r in results["rows"] if (r["info"].get("backend") in ("torch", "onnxruntime"))] or results["rows"]
+    names = [r["name"] for r in rows][:6]
+    fig, axes = plt.subplots(2, 1, figsize=(min(24.0, max(6.0, 0.32 * len(entries) * len(names) + 2)), 7),
+                             sharex=True)
     width = 0.8 / len(names)
     x = np.arange(len(entries))
     for ax, metric in zip(axes, ("sensitivity", "specificity")):
