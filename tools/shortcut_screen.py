@@ -104,15 +104,17 @@ def render_markdown(results, command):
         for split in ("val", "test"):
             r = row[split]
             att = (r.get("attention") or {}).get("covid_films") or {}
-            cells = [f"{name} ({row['config']['epochs']} epochs)", split, _f(r["covid_auc"])] + [_f(r["within_source_auc"].get(k)) for k in within_keys]
+            cfg = row["config"]
+            cells = [f"{name} ({cfg['arch']}, {cfg['epochs']} epochs)", split, _f(r["covid_auc"])] + [_f(r["within_source_auc"].get(k)) for k in within_keys]
             cells += [_f(r["within_source_auc_mean"]), _f(r["nih_normal_covid_call_rate"]),
                       _f(r["covid_sensitivity_ieee8023"], 2), _f(r["covid_sensitivity_hannover"], 2),
                       _f(att.get("lung_share_of_importance"), 2), _f(att.get("lung_share_of_area"), 2)]
             lines.append("| " + " | ".join(cells) + " |")
     arch = next(iter(results.values()))["config"]
     return "\n".join([
-        "# Shortcut screen: X-ray classification recipes on the compact student", "",
-        f"Each recipe trains `{arch['arch']}` at {arch['size']} px from scratch on the xray-cls train split; recipes "
+        "# Shortcut screen: X-ray classification recipes", "",
+        f"Each recipe trains the architecture named in its row at {arch['size']} px from scratch on the xray-cls "
+        "train split; recipes "
         "are compared on **validation** (test shown, never used to choose). *Within* AUCs are computed inside one "
         "source that holds several labels, where recognising the source is worth nothing. COVID calls and "
         "sensitivities are at the validation-fitted (Youden) threshold. Evidence on lungs: share of the positive "
