@@ -113,9 +113,9 @@ def lateral_dicoms(sources, folder):
 class Judge:
     """Outcome of one file: "accept", "warn", "refuse" (not assessed) or "error", with the reasons."""
 
-    def __init__(self, modality, bundle=None, threads=None):
+    def __init__(self, modality, bundle=None, threads=None, lung_bundle=None):
         self.modality = modality
-        self.predictor = None
+        self.predictor = self.runner = None
         self.qc = QualityControl({}, modality)
         if bundle:
             from lungedge.runtime.predictor import Predictor
@@ -123,11 +123,12 @@ class Judge:
             self.predictor = Predictor.from_bundle(bundle, threads=threads)
             if self.predictor.modality != modality or self.predictor.task != "classification":
                 raise LungedgeError(f"{bundle}: expected a {modality} classification bundle")
+            self.runner = _xray_runner(self.predictor, lung_bundle, threads)
 
     def __call__(self, path):
         try:
             if self.predictor is not None:
-                quality = self.predictor.predict(path)["quality"]
+                quality = self.runner.predict(path)["quality"]
                 return quality["status"], [r["reason"] for r in quality["reasons"] if r["status"] == quality["status"]]
             array, meta = read_any(path)
             a = self.qc.assess(array, meta)
@@ -150,14 +151,27 @@ def _tally(judge, items):
     return counts
 
 
-def cost(bundle, paths, rounds=3, threads=None):
+def _xray_runner(predictor, lung_bundle, threads):
+    """What ``predict(path)`` goes through: the X-ray pipeline with its lung crop when a lung bundle is given (a
+    classifier trained on lung crops needs it), else the predictor itself."""
+    if not lung_bundle:
+        return predictor
+    from lungedge.runtime.pipelines import XrayPipeline
+    from lungedge.runtime.predictor import Predictor
+
+    return XrayPipeline(predictor, Predictor.from_bundle(lung_bundle, threads=threads))
+
+
+def cost(bundle, paths, rounds=3, threads=None, lung_bundle=None):
     """Median batch-1 end-to-end latency (ms) per file with and without quality control, interleaved."""
     from lungedge.runtime.predictor import Predictor
 
-    on = Predictor.from_bundle(bundle, threads=threads)
-    off = Predictor.from_bundle(bundle, threads=threads)
-    off.quality = QualityControl({"enabled": False}, off.modality)
-    off.ood, off.ood_note = None, "timing without quality control"
+    on_predictor = Predictor.from_bundle(bundle, threads=threads)
+    off_predictor = Predictor.from_bundle(bundle, threads=threads)
+    off_predictor.quality = QualityControl({"enabled": False}, off_predictor.modality)
+    off_predictor.ood, off_predictor.ood_note = None, "timing without quality control"
+    on = _xray_runner(on_predictor, lung_bundle, threads)
+    off = _xray_runner(off_predictor, lung_bundle, threads)
     times = {"with_qc": [], "without_qc": []}
     for path in paths[:5]:  # warm-up
         on.predict(path)
@@ -173,15 +187,16 @@ def cost(bundle, paths, rounds=3, threads=None):
     arrays = [read_any(p) for p in paths]
     start = time.perf_counter()
     for array, meta in arrays:
-        on.assess(array, meta)
+        on_predictor.assess(array, meta)
     checks = (time.perf_counter() - start) * 1000.0 / len(arrays)
     return {"images": len(paths), "rounds": rounds, "median_ms": med, "pixel_header_checks_ms": checks,
-            "overhead": med["with_qc"] / med["without_qc"] - 1.0, "artifact": on.artifact_key,
+            "overhead": med["with_qc"] / med["without_qc"] - 1.0, "artifact": on_predictor.artifact_key,
+            "lung_bundle": lung_bundle,
             "threads": threads}
 
 
 def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_category=0, threads=None,
-                 cost_images=60, seed=0, command=None):
+                 cost_images=60, seed=0, command=None, xray_lung_bundle=None):
     """All categories through both modalities' checks; returns the results dict (and writes it to ``out``)."""
     from tqdm import tqdm
 
@@ -215,7 +230,7 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
                                         "synthetic: noise": ("noise", synthetic["noise"])}}}
         results = {"data": os.path.abspath(data), "rows": [], "cost": None}
         for modality, part in plan.items():
-            judge = Judge(modality, part["bundle"], threads)
+            judge = Judge(modality, part["bundle"], threads, xray_lung_bundle if modality == "xray" else None)
             stages = "header + pixels + model OOD" if part["bundle"] else "header + pixels (no bundle)"
             for name, items in tqdm(part["in_distribution"].items(), desc=f"{modality} in-distribution",
                                     file=sys.stderr, leave=False):
@@ -233,7 +248,7 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
             results.setdefault("bundles", {})[modality] = _bundle_info(part["bundle"])
         if xray_bundle and cost_images:
             paths = [p for _, p in all_xray[::max(1, len(all_xray) // cost_images)]][:cost_images]
-            results["cost"] = cost(xray_bundle, paths, threads=threads)
+            results["cost"] = cost(xray_bundle, paths, threads=threads, lung_bundle=xray_lung_bundle)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     from lungedge.benchmarks.environment import cpu_model, library_versions
@@ -306,6 +321,8 @@ def main(argv=None):
     p.add_argument("--data", required=True, help="dev pack root (holding xray-cls, ct-cls, xray-qc)")
     p.add_argument("--xray-bundle", help="X-ray classification bundle (else header and pixel stages only)")
     p.add_argument("--ct-bundle", help="CT classification bundle (else header and pixel stages only)")
+    p.add_argument("--xray-lung-bundle", help="lung bundle: X-rays go through XrayPipeline's lung crop (needed by "
+                                              "classifiers trained on lung crops)")
     p.add_argument("--out", help="folder for results.json and report.md")
     p.add_argument("--max-per-category", type=int, default=0, help="0: all files")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
@@ -313,7 +330,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     r = run_qc_bench(a.data, a.xray_bundle, a.ct_bundle, a.out, a.max_per_category, a.threads, a.cost_images,
-                     command="lungedge bench qc " + " ".join(argv))
+                     command="lungedge bench qc " + " ".join(argv), xray_lung_bundle=a.xray_lung_bundle)
     print(markdown_report(r))
     return 0
 

@@ -54,7 +54,7 @@ if [ ${#done_dirs[@]} -gt 0 ]; then
     for r in "$runs"/*/metrics.json; do [ -f "$r" ] && run_dirs+=("$(dirname "$r")"); done
     # Reports of other commands (their own reproduce lines inside): shortcut screen, QC, fuzzing, DICOM node.
     includes=()
-    for f in "$reports"/shortcut/report.md "$reports"/qc/report.md "$reports"/fuzz/report.md \
+    for f in "$reports"/shortcut/report.md "$reports"/qc-xray-cls/report.md "$reports"/qc/report.md "$reports"/fuzz/report.md \
              "$reports"/dicom-node/report.md; do
         [ -f "$f" ] && includes+=("$f")
     done
