@@ -85,3 +85,28 @@ def test_cost_times_both_paths(tmp_path):
     assert c["images"] == 6 and c["artifact"] == "onnx-fp32"
     assert c["median_ms"]["with_qc"] > 0 and c["median_ms"]["without_qc"] > 0 and c["pixel_header_checks_ms"] > 0
     assert c["overhead"] == pytest.approx(c["median_ms"]["with_qc"] / c["median_ms"]["without_qc"] - 1)
+
+
+def test_judge_with_a_lung_bundle_goes_through_the_lung_crop(tmp_path):
+    """A classifier trained on lung crops is judged through XrayPipeline (else it would refuse to predict)."""
+    from tinymodels import segmenter_model
+
+    from lungedge.runtime.bundle import Bundle, write_manifest
+    from lungedge.runtime.pipelines import LungCrop, XrayPipeline
+    from lungedge.runtime.predictor import Predictor
+
+    cls = write_bundle(tmp_path / "cls", classifier_model(3), "classification", "xray",
+                       ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid")
+    lungs = write_bundle(tmp_path / "lungs", segmenter_model(1), "segmentation", "xray", ["background", "lung"],
+                         {"mask": 0.5}, kind="probabilities")
+    manifest = dict(Bundle.load(cls).manifest,
+                    input_crop=LungCrop(Predictor.from_bundle(lungs, threads=1), 0.05).spec)
+    write_manifest(cls, manifest)
+    png = str(tmp_path / "chest.png")
+    cv2.imwrite(png, chest_like(96, 128))
+    judge = qc.Judge("xray", cls, threads=1, lung_bundle=lungs)
+    assert isinstance(judge.runner, XrayPipeline)
+    status, _ = judge(png)
+    assert status in ("accept", "warn", "refuse")
+    status, reasons = qc.Judge("xray", cls, threads=1)(png)  # without the lung bundle: a typed error, counted
+    assert status == "error" and "lung crops" in reasons[0]
