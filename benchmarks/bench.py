@@ -504,13 +504,13 @@ def _test_cis(y, scores, threshold, groups, cfg):
     """AUC, sensitivity and specificity of the positive label on the evaluated split with patient-bootstrap CIs."""
     from lungedge.benchmarks import metrics as M
     from lungedge.benchmarks import stats as S
-    from lungedge.benchmarks.subgroups import _strict_sensitivity, _strict_specificity
+    from lungedge.benchmarks.subgroups import strict_sensitivity, strict_specificity
 
     y = np.asarray(y).astype(int)
     calls = (np.asarray(scores) >= threshold).astype(int)
     out = {}
-    for name, fn, s in (("auc", M.roc_auc, scores), ("sensitivity", _strict_sensitivity, calls),
-                        ("specificity", _strict_specificity, calls)):
+    for name, fn, s in (("auc", M.roc_auc, scores), ("sensitivity", strict_sensitivity, calls),
+                        ("specificity", strict_specificity, calls)):
         try:
             out[name] = S.bootstrap_ci(fn, y, s, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed)
         except M.MetricError as exc:

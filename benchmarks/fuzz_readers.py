@@ -16,7 +16,6 @@ counts as a leak.
 
 import argparse
 import io
-import json
 import os
 import shutil
 import sys
@@ -382,12 +381,9 @@ def run_fuzz(n, seed=0, data_root=None, out=None, progress=True, save_failures=2
                "per_seed": per_seed, "cpu": cpu_model(), "libraries": library_versions(),
                "command": "python -m lungedge.benchmarks.fuzz_readers " + " ".join(sys.argv[1:])}
     if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as fh:
-            fh.write(markdown_report(summary))
+        from lungedge.benchmarks.report import write_json_and_markdown
+
+        write_json_and_markdown(out, summary, markdown_report(summary))
     return summary
 
 

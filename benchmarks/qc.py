@@ -255,12 +255,9 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
 
     results.update(cpu=cpu_model(), cpus=os.cpu_count(), libraries=library_versions(), command=command)
     if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as fh:
-            fh.write(markdown_report(results))
+        from lungedge.benchmarks.report import write_json_and_markdown
+
+        write_json_and_markdown(out, results, markdown_report(results))
     return results
 
 

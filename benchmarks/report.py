@@ -198,6 +198,17 @@ def plain_verdicts(results):
     return lines
 
 
+def write_json_and_markdown(out_dir, results, markdown):
+    """``results.json`` (plain JSON, sorted keys) and ``report.md`` into ``out_dir``: the files of the benchmark
+    commands that have no plots (bench qc, the reader fuzz)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    with open(os.path.join(out_dir, REPORT_MD), "w", encoding="utf-8") as fh:
+        fh.write(markdown)
+
+
 def md_table(header, rows):
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(v).replace("|", "/") for v in r) + " |" for r in rows]

@@ -176,13 +176,13 @@ class TorchRunner:
         with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as fh:
             config = json.load(fh)
         self.input_crop = config.get("input_crop")
+        spec = task(cfg.task)
         self.stored_threshold = None  # the validation threshold recorded by lungedge train, when present
         metrics_path = os.path.join(run_dir, "metrics.json")
-        if spec_kind_is_classification(cfg.task) and os.path.isfile(metrics_path):
+        if spec.kind == "classification" and os.path.isfile(metrics_path):
             with open(metrics_path, encoding="utf-8") as fh:
                 value = (json.load(fh).get("val") or {}).get("threshold")
             self.stored_threshold = None if value is None else float(value)
-        spec = task(cfg.task)
         self.task, self.modality = spec.kind, spec.modality
         self.labels = list(spec.labels)
         self.positive_label = spec.positive_label if spec.kind == "classification" else None
@@ -225,12 +225,6 @@ class TorchRunner:
 
     def close(self):
         self.model = None
-
-
-def spec_kind_is_classification(task_name):
-    from lungedge.models.tasks import task
-
-    return task(task_name).kind == "classification"
 
 
 def open_runner(spec, threads=None):

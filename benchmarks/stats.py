@@ -99,17 +99,23 @@ def paired_bootstrap(metric_fn: Callable[[np.ndarray, np.ndarray], float], y_tru
     if not math.isfinite(point):
         raise UndefinedMetricError(f"the metric delta on all {n_cases} cases is {point}; nothing to bootstrap")
     grouping = _Groups(groups, n_cases)
-    deltas = []
+    deltas = _resampled(lambda idx: float(metric_fn(y[idx], b[idx])) - float(metric_fn(y[idx], a[idx])),
+                        grouping, n_boot, seed)
+    return _interval(point, deltas, n_boot, ci, len(grouping))
+
+
+def _resampled(statistic, grouping, n_boot, seed):
+    """``statistic(case indices)`` on each group resample; undefined (ValueError) or non-finite ones are skipped."""
+    values = []
     for block in _draws(np.random.default_rng(seed), len(grouping), n_boot):
         for drawn in block:
-            idx = grouping.cases(drawn)
             try:
-                delta = float(metric_fn(y[idx], b[idx])) - float(metric_fn(y[idx], a[idx]))
+                v = statistic(grouping.cases(drawn))
             except ValueError:
                 continue
-            if math.isfinite(delta):
-                deltas.append(delta)
-    return _interval(point, np.asarray(deltas, dtype=np.float64), n_boot, ci, len(grouping))
+            if math.isfinite(v):
+                values.append(v)
+    return np.asarray(values, dtype=np.float64)
 
 
 def paired_bootstrap_mean(per_image_a, per_image_b, groups=None, n_boot: int = 2000, seed: int = 0,
@@ -192,16 +198,7 @@ def bootstrap_ci(metric_fn: Callable[[np.ndarray, np.ndarray], float], y_true, s
     if not math.isfinite(point):
         raise UndefinedMetricError(f"the metric on all {n_cases} cases is {point}; nothing to bootstrap")
     grouping = _Groups(groups, n_cases)
-    values = []
-    for block in _draws(np.random.default_rng(seed), len(grouping), n_boot):
-        for drawn in block:
-            idx = grouping.cases(drawn)
-            try:
-                v = float(metric_fn(y[idx], s[idx]))
-            except ValueError:
-                continue
-            if math.isfinite(v):
-                values.append(v)
-    out = _interval(point, np.asarray(values, dtype=np.float64), n_boot, ci, len(grouping))
+    values = _resampled(lambda idx: float(metric_fn(y[idx], s[idx])), grouping, n_boot, seed)
+    out = _interval(point, values, n_boot, ci, len(grouping))
     out["value"] = out.pop("delta")
     return out

@@ -21,13 +21,15 @@ MIN_N = 20
 MAX_DROP = 0.05
 
 
-def _strict_sensitivity(y, calls):
+def strict_sensitivity(y, calls):
+    """Sensitivity that is undefined (raises, so a bootstrap skips the resample) when ``y`` holds no positive."""
     if not np.any(np.asarray(y) == 1):
         raise M.UndefinedMetricError("no positives")
     return M.sensitivity(y, calls)
 
 
-def _strict_specificity(y, calls):
+def strict_specificity(y, calls):
+    """Specificity that is undefined (raises) when ``y`` holds no negative."""
     if not np.any(np.asarray(y) == 0):
         raise M.UndefinedMetricError("no negatives")
     return M.specificity(y, calls)
@@ -59,8 +61,8 @@ def _binary_metrics(labels, positive, y_idx, probs, threshold, groups, n_boot, s
     pos = labels.index(positive)
     y = (y_idx == pos).astype(int)
     calls = (probs[:, pos] >= threshold).astype(int)
-    out = {"sensitivity": _ci(_strict_sensitivity, y, calls, groups, n_boot, seed),
-           "specificity": _ci(_strict_specificity, y, calls, groups, n_boot, seed),
+    out = {"sensitivity": _ci(strict_sensitivity, y, calls, groups, n_boot, seed),
+           "specificity": _ci(strict_specificity, y, calls, groups, n_boot, seed),
            "auc": _ci(M.roc_auc, y, probs[:, pos], groups, n_boot, seed),
            "positive_call_rate": float(calls.mean()), "class_auc": {}}
     present = sorted(set(y_idx.tolist()))
@@ -75,8 +77,8 @@ def _deltas(labels, positive, y_idx, ref, var, groups, n_boot, seed, max_drop):
     y = (y_idx == pos).astype(int)
     ref_calls = (ref["probs"][:, pos] >= ref["threshold"]).astype(int)
     var_calls = (var["probs"][:, pos] >= var["threshold"]).astype(int)
-    out = {"sensitivity": _paired(_strict_sensitivity, y, ref_calls, var_calls, groups, n_boot, seed),
-           "specificity": _paired(_strict_specificity, y, ref_calls, var_calls, groups, n_boot, seed),
+    out = {"sensitivity": _paired(strict_sensitivity, y, ref_calls, var_calls, groups, n_boot, seed),
+           "specificity": _paired(strict_specificity, y, ref_calls, var_calls, groups, n_boot, seed),
            "auc": _paired(M.roc_auc, y, ref["probs"][:, pos], var["probs"][:, pos], groups, n_boot, seed)}
     drops = [d["delta"] for k, d in out.items() if k != "auc" and d is not None]
     out["flag"] = bool(drops and min(drops) < -max_drop)
