@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-from lungedge.benchmarks import metrics as M
-from lungedge.benchmarks import stats as S
+from lungedge import metrics as M
 from lungedge.benchmarks.data import IGNORE
+from lungedge.metrics import bootstrap as S
 
 DEFAULTS = {"auc": 0.01, "sensitivity": 0.02, "specificity": None, "macro_auc": None, "dice": 0.01}
 GATE_KEYS = {"auc_drop": "auc", "sensitivity_drop": "sensitivity", "specificity_drop": "specificity",

@@ -502,9 +502,9 @@ def _score_classification(rows, runners, outputs, images, val, labels, positive,
 
 def _test_cis(y, scores, threshold, groups, cfg):
     """AUC, sensitivity and specificity of the positive label on the evaluated split with patient-bootstrap CIs."""
-    from lungedge.benchmarks import metrics as M
-    from lungedge.benchmarks import stats as S
-    from lungedge.benchmarks.subgroups import strict_sensitivity, strict_specificity
+    from lungedge import metrics as M
+    from lungedge.metrics import bootstrap as S
+    from lungedge.metrics import strict_sensitivity, strict_specificity
 
     y = np.asarray(y).astype(int)
     calls = (np.asarray(scores) >= threshold).astype(int)
@@ -521,8 +521,8 @@ def _test_cis(y, scores, threshold, groups, cfg):
 def _score_calibration(rows, runners, outputs, images, labels, positive, groups, cfg):
     """ECE (equal-mass bins), Brier score and reliability curve of P(positive) per row, and the change from the
     reference with paired patient-bootstrap intervals."""
-    from lungedge.benchmarks import calibration as C
-    from lungedge.benchmarks import stats as S
+    from lungedge.metrics import bootstrap as S
+    from lungedge.metrics import calibration as C
 
     pos = labels.index(positive)
     y = np.array([int(im.label == positive) for im in images])

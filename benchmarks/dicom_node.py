@@ -157,7 +157,7 @@ def expected_sr_uid(node_config, sources):
 
 
 def start_node(args, state, port, destination, log):
-    cmd = [sys.executable, "-c", "import sys; from lungedge.runtime.cli import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", "import sys; from lungedge.runtime.dicom_node.cli import main; sys.exit(main())",
            "dicom-node", "--state", state, "--host", "127.0.0.1", "--port", str(port), "--allow", "BENCH",
            "--destination", destination, "--ct-settle-seconds", str(args.ct_settle_seconds)]
     for flag in ("xray_bundle", "xray_lung_bundle", "ct_bundle", "ct_lesion_bundle"):

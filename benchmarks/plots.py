@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from lungedge.benchmarks import metrics as M
+from lungedge import metrics as M
 
 
 def _plt():

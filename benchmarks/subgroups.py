@@ -14,25 +14,12 @@ A subgroup column is a manifest column name (``source``) or several joined by ``
 
 import numpy as np
 
-from lungedge.benchmarks import metrics as M
-from lungedge.benchmarks import stats as S
+from lungedge import metrics as M
+from lungedge.metrics import bootstrap as S
+from lungedge.metrics import strict_sensitivity, strict_specificity
 
 MIN_N = 20
 MAX_DROP = 0.05
-
-
-def strict_sensitivity(y, calls):
-    """Sensitivity that is undefined (raises, so a bootstrap skips the resample) when ``y`` holds no positive."""
-    if not np.any(np.asarray(y) == 1):
-        raise M.UndefinedMetricError("no positives")
-    return M.sensitivity(y, calls)
-
-
-def strict_specificity(y, calls):
-    """Specificity that is undefined (raises) when ``y`` holds no negative."""
-    if not np.any(np.asarray(y) == 0):
-        raise M.UndefinedMetricError("no negatives")
-    return M.specificity(y, calls)
 
 
 def subgroup_values(attributes, column):

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from lungedge.benchmarks import metrics as M
+from lungedge import metrics as M
 from lungedge.models.train import evaluate
 from lungedge.runtime.configs import config_from_dict
 

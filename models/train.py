@@ -135,7 +135,7 @@ def predict(model, dataset, batch_size=32):
 
 def evaluate(spec, outputs, targets, threshold=None):
     """Validation/test metrics (kit metrics module); the threshold is fitted on validation when None."""
-    from lungedge.benchmarks import metrics as M
+    from lungedge import metrics as M
 
     if spec.kind == "classification":
         pos = spec.labels.index(spec.positive_label)

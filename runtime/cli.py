@@ -1,4 +1,7 @@
-"""The ``lungedge`` command. ``infer`` and ``selftest`` live here; the torch-side commands live elsewhere.
+"""The runtime's subcommands of ``lungedge``: ``infer`` and ``selftest`` (torch-free).
+
+The ``lungedge`` entry point itself is ``lungedge.cli.main`` (the top layer), which hands these two to ``run``
+and imports the other subcommands lazily from the packages that own them.
 
 Exit status: 0 success; 1 some input failed (infer) or the self-test failed; 2 nothing could run (bad bundle,
 missing backend, missing extra, usage error). An input refused by quality control is "not assessed": an outcome,
@@ -6,7 +9,6 @@ counted apart from errors, not a failure.
 """
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -14,66 +16,10 @@ import sys
 
 from lungedge.runtime.errors import BackendUnavailable, BundleError, EngineMismatch, LungedgeError
 
-# Subcommands owned by other packages: imported only when invoked; each module exposes main(argv) where argv
-# starts with the subcommand name.
-EXTERNAL_COMMANDS = {
-    "train": "lungedge.models.train",
-    "compress": "lungedge.compress.cli",
-    "engine": "lungedge.compress.cli",
-    "export": "lungedge.compress.cli",
-    "bench": "lungedge.benchmarks.cli",
-    "demo": "lungedge.benchmarks.demo",
-    "serve": "lungedge.runtime.service",
-    "dicom-node": "lungedge.runtime.dicom_node.cli",
-}
-# `lungedge export triton` needs no torch, so it stays on the runtime side (other exports need compress).
-TORCH_FREE_EXPORTS = {"triton": "lungedge.runtime.triton"}
-# Top-level modules that only the compress extra installs.
-COMPRESS_EXTRA_MODULES = ("torch", "torchvision", "torch_pruning", "onnx", "onnxscript", "matplotlib")
-# Top-level modules that only the dicom-node extra installs.
-DICOM_NODE_EXTRA_MODULES = ("pynetdicom", "highdicom")
 BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt", "auto")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 log = logging.getLogger("lungedge")
-
-
-def version():
-    """Installed lungedge version ("unknown" when running from an uninstalled tree)."""
-    try:
-        from importlib.metadata import PackageNotFoundError
-        from importlib.metadata import version as dist_version
-    except ImportError:  # pragma: no cover - Python < 3.8
-        return "unknown"
-    try:
-        return dist_version("lungedge")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def run_external(argv):
-    """Import the module that owns ``argv[0]`` and hand it the full argv; 2 when its extra is missing."""
-    command, module_name = argv[0], EXTERNAL_COMMANDS[argv[0]]
-    if command == "export" and len(argv) > 1 and argv[1] in TORCH_FREE_EXPORTS:
-        module_name = TORCH_FREE_EXPORTS[argv[1]]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        missing = (exc.name or "").split(".")[0]
-        if missing in COMPRESS_EXTRA_MODULES:
-            print(f"lungedge {command} needs the compress extra: pip install 'lungedge[compress]' "
-                  f"({missing} is not installed)", file=sys.stderr)
-            return 2
-        if missing in DICOM_NODE_EXTRA_MODULES:
-            print(f"lungedge {command} needs the dicom-node extra: pip install 'lungedge[dicom-node]' "
-                  f"({missing} is not installed)", file=sys.stderr)
-            return 2
-        if exc.name and module_name.startswith(exc.name):
-            print(f"lungedge {command} is not available: {module_name} is not part of this installation",
-                  file=sys.stderr)
-            return 2
-        raise
-    return module.main(argv)
 
 
 def _add_backend_options(parser):
@@ -86,7 +32,9 @@ def _add_backend_options(parser):
                         help="OpenVINO compute precision (pinned; BF16 only where the bundle's gate allows it)")
 
 
-def build_parser():
+def build_parser(extra_commands=None):
+    """The parser of ``infer`` and ``selftest``; ``extra_commands`` ({name: help}) lists the subcommands other
+    packages own, so that ``lungedge --help`` shows them all."""
     parser = argparse.ArgumentParser(prog="lungedge", description="Chest X-ray and CT diagnosis on edge devices.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -103,9 +51,8 @@ def build_parser():
     selftest = sub.add_parser("selftest", help="check a bundle's artifact against its golden outputs")
     selftest.add_argument("bundle")
     _add_backend_options(selftest)
-    for name, module in EXTERNAL_COMMANDS.items():
-        extra = "dicom-node" if name == "dicom-node" else "compress"
-        sub.add_parser(name, help=f"(from {module}; needs the {extra} extra)", add_help=False)
+    for name, text in (extra_commands or {}).items():
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -244,18 +191,16 @@ def cmd_selftest(args):
 COMMANDS = {"infer": cmd_infer, "selftest": cmd_selftest}
 
 
-def main(argv=None):
-    """Entry point of the ``lungedge`` console script; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in EXTERNAL_COMMANDS:
-        return run_external(argv)
-    args = build_parser().parse_args(argv)
-    if args.version:
-        print(f"lungedge {version()}")
-        return 0
-    if args.command is None:
+def run(args):
+    """Run parsed ``infer``/``selftest`` arguments; 2 (usage) without a command."""
+    if getattr(args, "command", None) not in COMMANDS:
         build_parser().print_help(sys.stderr)
         return 2
     if not logging.getLogger().handlers and not log.handlers:
         logging.basicConfig(level=logging.WARNING, format="lungedge: %(message)s")
     return COMMANDS[args.command](args)
+
+
+def main(argv=None):
+    """``lungedge infer ...`` / ``lungedge selftest ...`` without the top-level dispatch (for subprocesses)."""
+    return run(build_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))

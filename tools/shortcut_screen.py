@@ -18,7 +18,7 @@ import os
 import numpy as np
 import torch
 
-from lungedge.benchmarks import metrics as M
+from lungedge import metrics as M
 from lungedge.benchmarks.attention import attention_summary
 from lungedge.models.data import load_split
 from lungedge.models.tasks import task

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run tests/runtime under Python 3.8 and 3.10 in their own venvs (idempotent: venvs are reused).
+# Run tests/runtime and the entry point's tests (tests/cli/test_entry_point.py) under Python 3.8 and 3.10 in their own venvs (idempotent: venvs are reused).
 #
 #   tools/test_runtime_pythons.sh            # both
 #   tools/test_runtime_pythons.sh 3.8        # one
@@ -40,7 +40,7 @@ run_one() {
     "$venv/bin/python" -m pip install --quiet --no-deps -e "$REPO"
     echo "== Python $version ($venv)"
     "$venv/bin/python" -m pip list 2>/dev/null | grep -iE '^(numpy|opencv-python-headless|onnxruntime|openvino|pydicom|nibabel|onnx|pillow|pytest) '
-    (cd "$REPO" && env -u PYTHONPATH "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/runtime)
+    (cd "$REPO" && env -u PYTHONPATH "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/runtime tests/cli/test_entry_point.py)
 }
 
 target="${1:-all}"

@@ -145,7 +145,7 @@ def test_mismatched_tasks_are_refused(cls_setup, seg_setup):
 
 def test_threshold_never_fitted_on_test(cls_results):
     """The operating threshold equals the one fitted on the validation scores alone."""
-    from lungedge.benchmarks import metrics as M
+    from lungedge import metrics as M
 
     results, _ = cls_results
     row = results["rows"][1]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lungedge.benchmarks import calibration as C
-from lungedge.benchmarks.metrics import MetricError
+from lungedge.metrics import MetricError
+from lungedge.metrics import calibration as C
 
 
 def test_equal_mass_bins_split_sorted_scores_evenly_and_keep_ties_together():

@@ -1,4 +1,4 @@
-"""lungedge.benchmarks.metrics against scikit-learn (classification) and scipy.ndimage (surfaces)."""
+"""lungedge.metrics against scikit-learn (classification) and scipy.ndimage (surfaces)."""
 
 import math
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage as ndi
 from sklearn import metrics as sk
 
-from lungedge.benchmarks import metrics as M
+from lungedge import metrics as M
 
 SEEDS = range(30)
 
@@ -387,7 +387,7 @@ def test_surface_distances_are_fast_on_256_masks():
 
 
 def test_metrics_import_nothing_but_numpy():
-    code = ("import sys, lungedge.benchmarks.metrics, lungedge.benchmarks.stats; "
+    code = ("import sys, lungedge.metrics, lungedge.metrics.bootstrap; "
             "print(sorted({'sklearn', 'scipy', 'torch'} & {m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

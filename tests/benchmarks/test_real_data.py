@@ -30,7 +30,7 @@ def trained(name):
 def test_xray_classifier_reproduces_its_training_metrics(xray_cls_dir, tmp_path):
     from lungedge.benchmarks.bench import run_bench
     from lungedge.benchmarks.bundles import export_baseline_bundle
-    from lungedge.benchmarks.demo import fallback_variant
+    from lungedge.cli.demo import fallback_variant
 
     run, recorded = trained("xray-cls-densenet121")
     base = export_baseline_bundle(run, str(tmp_path / "baseline"), data_dir=xray_cls_dir)

@@ -1,4 +1,4 @@
-"""Paired bootstrap intervals and the non-inferiority verdict of lungedge.benchmarks.stats."""
+"""Paired bootstrap intervals and the non-inferiority verdict of lungedge.metrics.bootstrap."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lungedge.benchmarks import metrics as M
-from lungedge.benchmarks import stats as S
+from lungedge import metrics as M
+from lungedge.metrics import bootstrap as S
 
 
 def scored_cases(seed, n=120):

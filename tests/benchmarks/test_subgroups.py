@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lungedge.benchmarks.stats import bootstrap_ci
 from lungedge.benchmarks.subgroups import subgroup_tables, subgroup_values
+from lungedge.metrics.bootstrap import bootstrap_ci
 from lungedge.runtime.errors import LungedgeError
 
 LABELS = ["covid", "normal", "pneumonia"]

@@ -15,7 +15,7 @@ COUNT = 8
 
 
 def start(bundles, state, port, destination, log):
-    cmd = [sys.executable, "-c", "import sys; from lungedge.runtime.cli import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", "import sys; from lungedge.cli.main import main; sys.exit(main())",
            "dicom-node", "--state", state, "--xray-bundle", bundles["xray"], "--xray-lung-bundle",
            bundles["xray_lung"], "--host", "127.0.0.1", "--port", str(port), "--allow", "CART",
            "--destination", destination, "--retry-base-seconds", "0.2", "--retry-max-seconds", "1"]

@@ -3,71 +3,12 @@
 import json
 import logging
 import os
-import sys
 
 import cv2
 import pytest
 from tinymodels import classifier_model, golden_writer, square_image, write_bundle, write_ct_series
 
 from lungedge.runtime import cli
-
-
-def test_version(capsys):
-    assert cli.main(["--version"]) == 0
-    assert capsys.readouterr().out.startswith("lungedge ")
-
-
-def test_no_command_is_a_usage_error(capsys):
-    assert cli.main([]) == 2
-
-
-def test_external_commands_table():
-    assert cli.EXTERNAL_COMMANDS == {"train": "lungedge.models.train", "compress": "lungedge.compress.cli",
-                                     "engine": "lungedge.compress.cli", "export": "lungedge.compress.cli",
-                                     "bench": "lungedge.benchmarks.cli", "demo": "lungedge.benchmarks.demo",
-                                     "serve": "lungedge.runtime.service",
-                                     "dicom-node": "lungedge.runtime.dicom_node.cli"}
-
-
-@pytest.fixture
-def fake_external(tmp_path, monkeypatch):
-    """Point EXTERNAL_COMMANDS at throwaway modules in tmp_path."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-    def make(command, body):
-        name = f"lungedge_fake_{command}"
-        (tmp_path / f"{name}.py").write_text(body)
-        monkeypatch.setitem(cli.EXTERNAL_COMMANDS, command, name)
-        monkeypatch.delitem(sys.modules, name, raising=False)
-        return name
-    return make
-
-
-def test_external_command_gets_full_argv(fake_external):
-    fake_external("train", "def main(argv):\n    print('argv', argv)\n    return 7\n")
-    assert cli.main(["train", "--recipe", "r.json"]) == 7
-
-
-def test_external_command_without_torch(fake_external, monkeypatch, capsys):
-    fake_external("train", "import torch\n\ndef main(argv):\n    return 0\n")
-    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails as if it were not installed
-    assert cli.main(["train"]) == 2
-    err = capsys.readouterr().err
-    assert "lungedge train needs the compress extra: pip install 'lungedge[compress]'" in err
-
-
-def test_dicom_node_without_its_extra(fake_external, monkeypatch, capsys):
-    fake_external("dicom-node", "import pynetdicom\n\ndef main(argv):\n    return 0\n")
-    monkeypatch.setitem(sys.modules, "pynetdicom", None)
-    assert cli.main(["dicom-node"]) == 2
-    assert "lungedge dicom-node needs the dicom-node extra: pip install 'lungedge[dicom-node]'" in \
-        capsys.readouterr().err
-
-
-def test_external_module_absent(monkeypatch, capsys):
-    monkeypatch.setitem(cli.EXTERNAL_COMMANDS, "demo", "lungedge.benchmarks.no_such_module")
-    assert cli.main(["demo"]) == 2
-    assert "not part of this installation" in capsys.readouterr().err
 
 
 def test_infer_writes_json_overlay_and_csv(xray_cls_bundle, xray_lung_bundle, tmp_path):
@@ -206,16 +147,3 @@ def test_infer_multiframe_ct_is_a_study_and_nifti_into_xray_is_refused(ct_cls_bu
     nib.save(nib.Nifti1Image(np.zeros((40, 40, 3), np.int16), np.eye(4)), volume)
     assert cli.main(["infer", volume, "--bundle", xray_cls_bundle]) == 1
     assert "vol.nii.gz: wrong modality: the input is CT" in capsys.readouterr().err
-
-
-def test_torch_free_subcommands_dispatch(capsys):
-    """`export triton` and `serve` route to runtime modules (no torch needed)."""
-    import pytest
-
-    from lungedge.runtime.cli import main
-
-    for argv, word in ((["export", "triton", "--help"], "triton"), (["serve", "--help"], "watch")):
-        with pytest.raises(SystemExit) as exc:
-            main(argv)
-        assert exc.value.code == 0
-        assert word in capsys.readouterr().out.lower()

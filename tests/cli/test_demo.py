@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from lungedge.benchmarks.demo import DEMO_DATA
+from lungedge.cli.demo import DEMO_DATA
 from lungedge.runtime.datasets import check_patient_splits, read_manifest_csv
 
 PERMISSIVE = {"CC BY 4.0", "CC BY 3.0", "CC BY", "CC BY 4.0 (Kermany et al. 2018, Mendeley Data rscbjbr9sj v2)"}
@@ -57,7 +57,7 @@ def test_attribution_and_readme():
 def test_demo_end_to_end(tmp_path):
     """The whole demo with one training epoch and a short benchmark (minutes on two cores)."""
     pytest.importorskip("torch")
-    from lungedge.benchmarks.demo import run_demo
+    from lungedge.cli.demo import run_demo
 
     results = run_demo(out=str(tmp_path), epochs=1, bench_options=dict(rounds=5, batch_rounds=3, memory_runs=2,
                                                                         n_boot=200))

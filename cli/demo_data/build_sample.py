@@ -1,6 +1,6 @@
 """Rebuild the demo sample from the dev pack's xray-cls folder (deterministic; run from the repository root).
 
-    python benchmarks/demo_data/build_sample.py ../shared/data/xray-cls benchmarks/demo_data
+    python cli/demo_data/build_sample.py ../shared/data/xray-cls cli/demo_data
 
 Keeps only images whose recorded licence is CC BY 4.0, CC BY 3.0 or CC BY (no NC, nothing unspecified), takes
 every such COVID-19 image (there are 64) and a fixed number of normal and pneumonia images per dev-pack split

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterator, Mapping, Tuple, Union
 
 import numpy as np
 
-from lungedge.benchmarks.metrics import MetricError, UndefinedMetricError
+from lungedge.metrics.errors import MetricError, UndefinedMetricError
 
 _CHUNK_ELEMENTS = 1 << 20  # group draws generated per chunk (8 MB of int64)
 

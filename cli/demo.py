@@ -4,7 +4,7 @@
 
 Five steps, each with a progress bar, in well under 15 minutes on two CPU cores and with nothing downloaded:
 
-1. train    a ResNet-18 at 96 px on ``benchmarks/demo_data`` (166 CC BY chest X-rays: covid / normal / pneumonia)
+1. train    a ResNet-18 at 96 px on ``cli/demo_data`` (166 CC BY chest X-rays: covid / normal / pneumonia)
 2. export   the baseline to its FP32 ONNX bundle
 3. compress with the shipped ``demo`` recipe (``compress.pipeline.compress``: distil, prune, INT8); when the
             compress side is not installed, or its gate refuses every variant, a plain INT8 quantization of the
@@ -12,7 +12,7 @@ Five steps, each with a progress bar, in well under 15 minutes on two CPU cores 
 4. bench    ``run_bench``: torch FP32 vs ONNX FP32 vs the compressed bundle on the sample's test split
 5. report   the terminal table here; results.json, report.md and plots under OUT/report
 
-The sample is tiny and confounded (see benchmarks/demo_data/README.md): the demo shows the workflow, not a
+The sample is tiny and confounded (see cli/demo_data/README.md): the demo shows the workflow, not a
 diagnostic accuracy.
 """
 

@@ -10,7 +10,7 @@ cases to average; ties never straddle a cut (equal scores always share a bin). E
 
 import numpy as np
 
-from lungedge.benchmarks.metrics import MetricError
+from lungedge.metrics.errors import MetricError
 
 
 def _check(y_true, prob):
