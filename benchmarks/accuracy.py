@@ -16,8 +16,8 @@ import math
 import numpy as np
 
 from lungedge import metrics as M
-from lungedge.benchmarks.data import IGNORE
 from lungedge.metrics import bootstrap as S
+from lungedge.runtime.tasks import IGNORE
 
 DEFAULTS = {"auc": 0.01, "sensitivity": 0.02, "specificity": None, "macro_auc": None, "dice": 0.01}
 GATE_KEYS = {"auc_drop": "auc", "sensitivity_drop": "sensitivity", "specificity_drop": "specificity",

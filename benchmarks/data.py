@@ -15,8 +15,6 @@ from lungedge.runtime.datasets import read_labelled_folder, select
 from lungedge.runtime.errors import InputError
 from lungedge.runtime.io import read_any
 
-IGNORE = 255  # mask value of pixels no metric counts (the V7 'ignore' class of xray-seg)
-
 
 @dataclass
 class EvalImage:

@@ -12,9 +12,10 @@ import os
 
 import numpy as np
 
+from lungedge.runtime.enums import BackendName
 from lungedge.runtime.errors import BundleError
 
-RUNNABLE_BACKENDS = ("onnxruntime", "tensorrt")
+RUNNABLE_BACKENDS = (BackendName.ONNXRUNTIME.value, BackendName.TENSORRT.value)
 ENGINE_FORMATS = ("engine", "plan", "trt")
 # Ways to run an ONNX artifact on the CPU: ONNX Runtime, or OpenVINO at a pinned inference precision.
 CPU_BACKENDS = ("onnxruntime", "openvino-f32", "openvino-bf16")
@@ -166,8 +167,8 @@ class TorchRunner:
     def __init__(self, run_dir, threads=None, name=None, which="best.pt"):
         import torch
 
-        from lungedge.models.tasks import task
         from lungedge.models.train import load_model
+        from lungedge.runtime.tasks import task
 
         if threads:
             torch.set_num_threads(int(threads))

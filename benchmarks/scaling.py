@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from lungedge.runtime.enums import BackendName
+
 DEFAULT_SLICES = (10, 50, 100, 300)
 TARGET_SLICES, TARGET_S = 300, 6.0
 RSS_FLAT_TOLERANCE = 0.15  # peak RSS at every size within 15 % of the smallest study's
@@ -362,7 +364,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt", "auto"],
+    p.add_argument("--backend", default="onnxruntime", choices=[*BackendName.values(), "auto"],
                    help="auto: each bundle's measured CPU default (manifest cpu_default)")
     p.add_argument("--source", default="dicom", choices=SOURCES,
                    help="dicom: write each study as a DICOM series and stream it from disk (default); "

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from lungedge.compress.errors import EngineBuildError
 from lungedge.runtime.configs import config_from_dict
-from lungedge.runtime.errors import BackendUnavailable
+from lungedge.runtime.enums import Precision
+from lungedge.runtime.errors import BackendUnavailable, ConfigError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = Precision.values()
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class EngineConfig:
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} not in {PRECISIONS}")
+            raise ConfigError(f"engine precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ValueError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
                              f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
@@ -76,7 +77,7 @@ def builder_flags(trt_version, precision, dla_core=None, gpu_fallback=True):
     trtexec's ``--int8 --fp16``. TensorRT 11 has no precision flags (the network is strongly typed) and no DLA.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
+        raise ConfigError(f"engine precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     major = parse_version(trt_version)[0]
     if dla_core is not None and major >= 11:
         raise BackendUnavailable(f"TensorRT {trt_version} has no DLA support (the 10.x releases of JetPack have it); "

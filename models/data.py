@@ -12,8 +12,7 @@ from torch.utils.data import Dataset
 from lungedge.runtime.datasets import read_manifest_csv, select
 from lungedge.runtime.io.image import read_image
 from lungedge.runtime.preprocess import preprocess
-
-IGNORE = 255  # mask value of the V7 'ignore' class (devices, markup over the lung)
+from lungedge.runtime.tasks import IGNORE  # noqa: F401  (re-exported: one definition, in the runtime)
 
 
 def load_mask(path, box):

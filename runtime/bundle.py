@@ -30,18 +30,19 @@ import hashlib
 import json
 import os
 
+from lungedge.runtime.enums import ONNX_BACKENDS, BackendName, Modality, TaskKind, precision_rank
 from lungedge.runtime.errors import BundleError
 from lungedge.runtime.preprocess import check_steps
 from lungedge.runtime.quality import validate_quality_spec
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-TASKS = ("classification", "segmentation")
-MODALITIES = ("xray", "ct")
+TASKS = TaskKind.values()
+MODALITIES = Modality.values()
 REQUIRED = ("schema_version", "name", "task", "modality", "input", "output", "preprocessing", "labels",
             "thresholds", "artifacts", "provenance")
 OPTIONAL = ("positive_label", "golden", "metrics", "description", "input_crop", "quality", "cpu_default")
-CPU_DEFAULT_BACKENDS = ("onnxruntime", "openvino")
+CPU_DEFAULT_BACKENDS = tuple(b.value for b in ONNX_BACKENDS)
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -64,8 +65,8 @@ def artifact_entry(bundle_dir, path, fmt, precision, backend, **extra):
 
 def runs_on(art, backend):
     """True when artifact entry ``art`` is for ``backend``; OpenVINO takes the ONNX files made for ONNX Runtime."""
-    if backend == "openvino":
-        return art["backend"] in ("onnxruntime", "openvino") and art.get("format", "onnx") == "onnx"
+    if backend == BackendName.OPENVINO:
+        return art["backend"] in ONNX_BACKENDS and art.get("format", "onnx") == "onnx"
     return art["backend"] == backend
 
 
@@ -182,14 +183,13 @@ class Bundle:
 
         OpenVINO runs the ONNX artifacts (recorded for "onnxruntime"), so ``backend="openvino"`` finds those.
         """
-        order = {"int8": 0, "fp16": 1, "fp32": 2}
         keys = [k for k, a in self.manifest["artifacts"].items()
                 if runs_on(a, backend) and (precision is None or a["precision"] == precision)]
         if not keys:
             have = sorted({(a["backend"], a["precision"]) for a in self.manifest["artifacts"].values()})
             raise BundleError(f"bundle has no {backend} artifact"
                               + (f" at {precision}" if precision else "") + f"; it has {have}")
-        return sorted(keys, key=lambda k: order.get(self.manifest["artifacts"][k]["precision"], 9))[0]
+        return sorted(keys, key=lambda k: precision_rank(self.manifest["artifacts"][k]["precision"]))[0]
 
     def cpu_default(self):
         """(artifact key, backend, inference precision, threads or None) measured fastest among gate-passing CPU

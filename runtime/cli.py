@@ -14,10 +14,11 @@ import logging
 import os
 import sys
 
+from lungedge.runtime.enums import BackendName, Precision
 from lungedge.runtime.errors import BackendUnavailable, BundleError, EngineMismatch, LungedgeError
 
-BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt", "auto")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKEND_CHOICES = BackendName.values() + ("auto",)
+PRECISIONS = Precision.values()
 
 log = logging.getLogger("lungedge")
 

@@ -21,11 +21,11 @@ import torch
 from lungedge import metrics as M
 from lungedge.benchmarks.attention import attention_summary
 from lungedge.models.data import load_split
-from lungedge.models.tasks import task
 from lungedge.models.train import TrainConfig, load_model, open_lung_crop, predict, train
 from lungedge.runtime.io.image import read_image
 from lungedge.runtime.predictor import Predictor
 from lungedge.runtime.preprocess import letterbox
+from lungedge.runtime.tasks import task
 
 WITHIN = {"ieee8023": "covid", "nih-chestxray14": "pneumonia", "kermany-pediatric": "pneumonia"}
 RECIPES = {

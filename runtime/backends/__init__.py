@@ -9,16 +9,16 @@ from lungedge.runtime.backends.base import Backend
 from lungedge.runtime.backends.openvino import OpenVinoBackend
 from lungedge.runtime.backends.ort import OrtBackend
 from lungedge.runtime.backends.trt import TrtBackend
+from lungedge.runtime.enums import ONNX_BACKENDS, BackendName
 from lungedge.runtime.errors import BackendUnavailable
 
 BACKENDS = {
-    "onnxruntime": OrtBackend,
-    "openvino": OpenVinoBackend,
-    "tensorrt": TrtBackend,
+    BackendName.ONNXRUNTIME.value: OrtBackend,
+    BackendName.OPENVINO.value: OpenVinoBackend,
+    BackendName.TENSORRT.value: TrtBackend,
 }
-
-# Backends that run the bundle's ONNX artifacts (recorded with backend "onnxruntime" in the manifest).
-ONNX_BACKENDS = ("onnxruntime", "openvino")
+# ONNX_BACKENDS (lungedge.runtime.enums): the backends that run the bundle's ONNX artifacts (recorded with backend
+# "onnxruntime" in the manifest).
 
 
 def create_backend(name, path, **opts):

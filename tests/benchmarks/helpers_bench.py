@@ -15,8 +15,8 @@ def make_run(out_dir, task_name, arch, size, data_dir, seed=0):
     import torch
 
     from lungedge.models.registry import build
-    from lungedge.models.tasks import task
     from lungedge.models.train import TrainConfig
+    from lungedge.runtime.tasks import task
 
     spec = task(task_name)
     torch.manual_seed(seed)

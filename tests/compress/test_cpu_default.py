@@ -13,12 +13,12 @@ from tinymodels import SIZE, classifier_model, golden_writer, square_image, writ
 
 from lungedge.compress import cpu_default as C  # noqa: E402
 from lungedge.compress import gate as G  # noqa: E402
-from lungedge.models.tasks import task  # noqa: E402
 from lungedge.models.train import evaluate  # noqa: E402
 from lungedge.runtime.bundle import Bundle, artifact_entry, write_manifest  # noqa: E402
 from lungedge.runtime.errors import BundleError  # noqa: E402
 from lungedge.runtime.predictor import Predictor  # noqa: E402
 from lungedge.runtime.selftest import run_selftest  # noqa: E402
+from lungedge.runtime.tasks import task  # noqa: E402
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO and os.environ.get("CI") != "true",

@@ -18,9 +18,9 @@ from lungedge.compress.distill import (
 )
 from lungedge.models.data import TaskDataset
 from lungedge.models.registry import build
-from lungedge.models.tasks import task
 from lungedge.models.train import segmentation_loss
 from lungedge.runtime.datasets import read_manifest_csv, select
+from lungedge.runtime.tasks import task
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lungedge.compress.gate import GateConfig, fit_threshold, gate, judge, measure, probabilities
-from lungedge.models.tasks import task
+from lungedge.runtime.tasks import task
 
 CLS = task("ct-cls")  # binary: covid / noncovid, positive covid (index 0)
 SEG = task("xray-seg")

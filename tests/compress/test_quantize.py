@@ -19,8 +19,8 @@ from lungedge.compress.qdq_check import check_ort_qdq, check_tensorrt_qdq
 from lungedge.compress.quantize import QuantConfig, convert_fp16, ort_arguments, quantize_onnx
 from lungedge.models.data import TaskDataset
 from lungedge.models.registry import build
-from lungedge.models.tasks import task
 from lungedge.runtime.datasets import read_manifest_csv, select
+from lungedge.runtime.tasks import task
 
 SIZE = 64
 N_CALIB = 32
