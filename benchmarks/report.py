@@ -10,47 +10,20 @@ import json
 import math
 import os
 
-import numpy as np
+from lungedge.runtime.jsonable import NonFinite, from_jsonable
+from lungedge.runtime.jsonable import to_jsonable as _to_jsonable
 
 RESULTS_JSON = "results.json"
 REPORT_MD = "report.md"
-_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
 # ----------------------------------------------------------------------------------------------- JSON
 
 
 def to_jsonable(obj):
-    """Plain JSON types: numpy scalars and arrays converted, non-finite floats as strings."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return v
-    return obj
-
-
-def from_jsonable(obj):
-    """Inverse of ``to_jsonable`` for the non-finite floats."""
-    if isinstance(obj, dict):
-        return {k: from_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [from_jsonable(v) for v in obj]
-    if isinstance(obj, str) and obj in _NONFINITE:
-        return _NONFINITE[obj]
-    return obj
+    """Plain JSON types: numpy scalars and arrays converted, non-finite floats as strings (read back by
+    ``from_jsonable``)."""
+    return _to_jsonable(obj, NonFinite.STRING)
 
 
 def save_results(results, path):

@@ -43,6 +43,7 @@ import json
 import cv2
 import numpy as np
 
+from lungedge.runtime.jsonable import NonFinite, to_jsonable
 from lungedge.runtime.quality import NOT_ASSESSED
 
 # status: "ok", "not assessed" (refused by quality control: no label) or "error"; quality: accept/warn/refuse.
@@ -53,16 +54,8 @@ COLOURS = ((0, 255, 0), (0, 0, 255), (255, 128, 0), (255, 0, 255))
 
 
 def jsonable(value):
-    """A JSON-safe copy of a result: numpy scalars to Python, tuples to lists, arrays dropped."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items() if not isinstance(v, np.ndarray)}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
+    """A JSON-safe copy of a result: numpy scalars to Python, tuples to lists, arrays dropped, non-finite null."""
+    return to_jsonable(value, NonFinite.NULL, drop_arrays=True)
 
 
 def write_json(result, path):
