@@ -298,11 +298,6 @@ def run_bench(baseline=None, variants=(), data=None, split="test", torch_run=Non
     if cfg.thresholds == "val" and split == "all":
         raise BundleError("split 'all' evaluates a folder with no validation split: use the bundles' own "
                           "thresholds (--thresholds bundle)")
-    if baseline is None and torch_run:
-        from lungedge.benchmarks.bundles import export_baseline_bundle
-
-        baseline = export_baseline_bundle(torch_run, os.path.join(out or tempfile.mkdtemp(), "baseline-bundle"),
-                                          data_dir=data, threads=cfg.resolved_threads())
     specs = resolve_rows(baseline, list(variants), torch_run, cfg.backends)
     runners = [open_runner(s, threads=threads) for s in specs]
     try:

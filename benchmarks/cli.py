@@ -22,8 +22,8 @@ def bench_parser():
     d = BenchConfig()
     p = argparse.ArgumentParser(prog="lungedge bench", description="Benchmark compressed bundles against their "
                                 "uncompressed baseline on the same images in the same run.")
-    p.add_argument("--baseline", help="FP32 ONNX bundle of the baseline (PATH or PATH:ARTIFACT); exported from "
-                                      "--torch-run when omitted")
+    p.add_argument("--baseline", help="FP32 ONNX bundle of the baseline (PATH or PATH:ARTIFACT); the bench takes bundles "
+                                      "and never builds them: export one with `lungedge export onnx --baseline RUN`")
     p.add_argument("--variants", nargs="*", default=[], help="variant bundles (PATH or PATH:ARTIFACT); every "
                                                              "artifact this machine can run by default")
     p.add_argument("--data", required=True, help="folder with manifest.csv (e.g. ../shared/data/xray-cls), or a "

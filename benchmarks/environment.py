@@ -71,7 +71,7 @@ def jetson_info():
 
 def describe(threads=None):
     """Everything worth knowing to reproduce or compare a run."""
-    from lungedge.benchmarks.bundles import git_commit
+    from lungedge.runtime.provenance import git_commit
 
     try:
         affinity = len(os.sched_getaffinity(0))

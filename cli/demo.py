@@ -41,11 +41,9 @@ def train_baseline(out_dir, threads, epochs, arch, size, data=DEMO_DATA):
 
 def fallback_variant(baseline_dir, out_dir, data=DEMO_DATA, n_calibration=32):
     """INT8 (ONNX Runtime QDQ) copy of the baseline bundle, calibrated on training images of the sample."""
-    from lungedge.benchmarks.bundles import add_int8_artifact
+    from lungedge.compress.variants import add_int8_artifact
     from lungedge.runtime.bundle import Bundle, write_manifest
     from lungedge.runtime.datasets import read_manifest_csv, select
-    from lungedge.runtime.io import read_any
-    from lungedge.runtime.preprocess import preprocess
 
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
@@ -54,9 +52,7 @@ def fallback_variant(baseline_dir, out_dir, data=DEMO_DATA, n_calibration=32):
     manifest["name"] = manifest["name"].replace("-fp32", "") + "-int8-fallback"
     manifest["provenance"] = dict(manifest["provenance"], recipe={"name": "demo-fallback-int8", "gate": {}})
     write_manifest(out_dir, manifest)
-    records = select(read_manifest_csv(data), split="train")[:n_calibration]
-    tensors = [preprocess(*read_any(r.image), manifest["preprocessing"])[0] for r in records]
-    add_int8_artifact(out_dir, tensors)
+    add_int8_artifact(out_dir, select(read_manifest_csv(data), split="train")[:n_calibration])
     return out_dir
 
 
@@ -78,8 +74,8 @@ def compress_baseline(run_dir, baseline_dir, out_dir, threads, data=DEMO_DATA):
 def run_demo(out="lungedge-demo", threads=0, epochs=8, arch="resnet18", size=96, data=DEMO_DATA, bench_options=None):
     """All five steps; returns the bench results dict."""
     from lungedge.benchmarks.bench import BenchConfig, run_bench
-    from lungedge.benchmarks.bundles import export_baseline_bundle
     from lungedge.benchmarks.report import plain_verdicts, terminal_table
+    from lungedge.compress.pipeline import export_baseline
 
     threads = threads or os.cpu_count() or 1
     started = time.time()
@@ -93,7 +89,7 @@ def run_demo(out="lungedge-demo", threads=0, epochs=8, arch="resnet18", size=96,
           f"({time.time() - started:.0f} s so far)")
 
     _step(2, "export the baseline to an FP32 ONNX bundle")
-    export_baseline_bundle(run_dir, baseline_dir, data_dir=data, threads=threads)
+    export_baseline(run_dir, baseline_dir, data_dir=data, threads=threads, overwrite=True)
 
     _step(3, "compress it with the demo recipe (distil, prune, INT8)")
     variant, note = compress_baseline(run_dir, baseline_dir, compressed_dir, threads, data)

@@ -21,12 +21,12 @@ def _data(name):
 @pytest.fixture(scope="session")
 def cls_setup(tmp_path_factory):
     pytest.importorskip("torch")
-    from lungedge.benchmarks.bundles import export_baseline_bundle
+    from lungedge.compress.pipeline import export_baseline
 
     data = _data("xray-cls")
     root = tmp_path_factory.mktemp("cls")
     run = make_run(str(root / "run"), "xray-cls", "student_s", 48, data)
-    base = export_baseline_bundle(run, str(root / "baseline"), use_compress=False)
+    base = export_baseline(run, str(root / "baseline"), data_dir=data, overwrite=True)
     var = make_variant(base, str(root / "variant"), data, gate={"auc_drop": 0.05, "sensitivity_drop": 0.1,
                                                                "threshold_rule": "youden"})
     return {"data": data, "run": run, "baseline": base, "variant": var, "root": root}
@@ -35,12 +35,12 @@ def cls_setup(tmp_path_factory):
 @pytest.fixture(scope="session")
 def seg_setup(tmp_path_factory):
     pytest.importorskip("torch")
-    from lungedge.benchmarks.bundles import export_baseline_bundle
+    from lungedge.compress.pipeline import export_baseline
 
     data = _data("xray-seg")
     root = tmp_path_factory.mktemp("seg")
     run = make_run(str(root / "run"), "xray-seg", "unet_student", 48, data)
-    base = export_baseline_bundle(run, str(root / "baseline"), use_compress=False)
+    base = export_baseline(run, str(root / "baseline"), data_dir=data, overwrite=True)
     var = make_variant(base, str(root / "variant"), data)
     return {"data": data, "run": run, "baseline": base, "variant": var, "root": root}
 

@@ -29,11 +29,11 @@ def trained(name):
 
 def test_xray_classifier_reproduces_its_training_metrics(xray_cls_dir, tmp_path):
     from lungedge.benchmarks.bench import run_bench
-    from lungedge.benchmarks.bundles import export_baseline_bundle
     from lungedge.cli.demo import fallback_variant
+    from lungedge.compress.pipeline import export_baseline
 
     run, recorded = trained("xray-cls-densenet121")
-    base = export_baseline_bundle(run, str(tmp_path / "baseline"), data_dir=xray_cls_dir)
+    base = export_baseline(run, str(tmp_path / "baseline"), data_dir=xray_cls_dir, overwrite=True)
     variant = fallback_variant(base, str(tmp_path / "int8"), data=xray_cls_dir)
     results = run_bench(baseline=base, variants=[variant + ":onnx-int8"], data=xray_cls_dir, torch_run=run,
                         out=str(tmp_path / "out"), progress=False, **OPTIONS)
@@ -54,11 +54,11 @@ def test_xray_classifier_reproduces_its_training_metrics(xray_cls_dir, tmp_path)
 def test_segmenter_dice_close_to_its_training_run(name, data_fixture, request, tmp_path):
     """Training scores DICE on the network grid (padding included), the bench on the image grid: close, not equal."""
     from lungedge.benchmarks.bench import run_bench
-    from lungedge.benchmarks.bundles import export_baseline_bundle
+    from lungedge.compress.pipeline import export_baseline
 
     run, recorded = trained(name)
     data = request.getfixturevalue(data_fixture)
-    base = export_baseline_bundle(run, str(tmp_path / "baseline"), data_dir=data)
+    base = export_baseline(run, str(tmp_path / "baseline"), data_dir=data, overwrite=True)
     results = run_bench(baseline=base, data=data, torch_run=run, progress=False, **dict(OPTIONS, memory_runs=0))
     torch_row, onnx_row = results["rows"]
     assert torch_row["accuracy"]["summary"]["dice"]["mean"] == pytest.approx(recorded["test"]["dice"], abs=0.05)
@@ -66,11 +66,11 @@ def test_segmenter_dice_close_to_its_training_run(name, data_fixture, request, t
 
 
 def test_ct_study_scaling_on_real_slices(ct_seg_dir, ct_cls_dir, tmp_path):
-    from lungedge.benchmarks.bundles import export_baseline_bundle
     from lungedge.benchmarks.scaling import run_scaling
+    from lungedge.compress.pipeline import export_baseline
 
     run, _ = trained("ct-seg-unet")
-    seg = export_baseline_bundle(run, str(tmp_path / "seg"), data_dir=ct_seg_dir)
+    seg = export_baseline(run, str(tmp_path / "seg"), data_dir=ct_seg_dir, overwrite=True)
     res = run_scaling(segmenter=seg, data_dirs=[ct_seg_dir, ct_cls_dir], slices=(10, 50), repeats=2,
                       out=str(tmp_path / "out"), progress=False)
     assert all("error" not in p for p in res["points"])

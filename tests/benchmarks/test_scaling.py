@@ -23,10 +23,10 @@ def test_scaling_run(tmp_path, ct_seg_dir):
     pytest.importorskip("torch")
     from helpers_bench import make_run
 
-    from lungedge.benchmarks.bundles import export_baseline_bundle
+    from lungedge.compress.pipeline import export_baseline
 
     run = make_run(str(tmp_path / "run"), "ct-seg", "unet_student", 48, ct_seg_dir)
-    bundle = export_baseline_bundle(run, str(tmp_path / "bundle"), use_compress=False)
+    bundle = export_baseline(run, str(tmp_path / "bundle"), data_dir=ct_seg_dir, overwrite=True)
     out = str(tmp_path / "out")
     res = SC.run_scaling(segmenter=bundle, data_dirs=[ct_seg_dir], slices=(2, 6), repeats=1, batch=4, threads=1,
                          out=out, progress=False, source="png")
@@ -73,10 +73,10 @@ def test_streamed_dicom_scaling(tmp_path, ct_seg_dir):
     pytest.importorskip("torch")
     from helpers_bench import make_run
 
-    from lungedge.benchmarks.bundles import export_baseline_bundle
+    from lungedge.compress.pipeline import export_baseline
 
     run = make_run(str(tmp_path / "run"), "ct-seg", "unet_student", 48, ct_seg_dir)
-    bundle = export_baseline_bundle(run, str(tmp_path / "bundle"), use_compress=False)
+    bundle = export_baseline(run, str(tmp_path / "bundle"), data_dir=ct_seg_dir, overwrite=True)
     res = SC.run_scaling(segmenter=bundle, data_dirs=[ct_seg_dir], slices=(2, 5), repeats=1, batch=4, threads=1,
                          out=str(tmp_path / "out"), progress=False, source="dicom", dicom_size=96,
                          work_dir=str(tmp_path / "work"))
