@@ -48,6 +48,14 @@ def _status_drop(delta, tolerance):
     return "unproven" if delta["delta"] >= -tolerance else "missed"
 
 
+def _reference_note(results, arch, title):
+    """"" when the reference row is the torch FP32 ``arch`` baseline the target is stated against, else a note."""
+    ref = results["rows"][0]
+    if ref["info"].get("arch") == arch and ref["info"]["backend"] == "torch":
+        return ""
+    return f" (reference is {ref['name']}, not the {title} torch FP32 baseline)"
+
+
 def _noisy(results):
     return " (noisy timing run)" if results.get("noisy") else ""
 
@@ -77,9 +85,7 @@ def xray_targets(results):
              "Peak RSS of an inference process with the compressed X-ray bundle < 300 MB"]
     if results is None:
         return [_target(n, "–", "not measured", None) for n in names]
-    ref = results["rows"][0]
-    ref_note = "" if ref["info"].get("arch") == "densenet121" and ref["info"]["backend"] == "torch" else \
-        f" (reference is {ref['name']}, not the DenseNet-121 torch FP32 baseline)"
+    ref_note = _reference_note(results, "densenet121", "DenseNet-121")
 
     def speed(row):
         sp = row["speedup"]["batch1"]
@@ -187,9 +193,7 @@ def seg_targets(results, title):
              f"{title}: DICE drop <= 0.01"]
     if results is None:
         return [_target(n, "–", "not measured", None) for n in names]
-    ref = results["rows"][0]
-    ref_note = "" if ref["info"].get("arch") == "unet" and ref["info"]["backend"] == "torch" else \
-        f" (reference is {ref['name']}, not the U-Net torch FP32 baseline)"
+    ref_note = _reference_note(results, "unet", "U-Net")
 
     def speed(row):
         sp = row["speedup"]["batch1"]

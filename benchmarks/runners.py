@@ -23,12 +23,9 @@ CPU_BACKENDS = ("onnxruntime", "openvino-f32", "openvino-bf16")
 
 def openvino_variants():
     """The OpenVINO rows this machine can run: f32, plus bf16 where the CPU has it; () without OpenVINO."""
-    try:
-        import openvino
-    except ImportError:
-        return ()
-    capabilities = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return ("openvino-f32", "openvino-bf16") if "BF16" in capabilities else ("openvino-f32",)
+    from lungedge.runtime.backends.openvino import available_precisions
+
+    return tuple(f"openvino-{p}" for p in available_precisions())
 
 
 def resolve_backends(requested):

@@ -25,12 +25,9 @@ RULE = ("lowest batch-1 median latency, interleaved, among candidates whose vali
 
 def openvino_precisions():
     """OpenVINO inference precisions this machine can run: () without OpenVINO, f32, and bf16 where the CPU has it."""
-    try:
-        import openvino
-    except ImportError:
-        return ()
-    caps = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return ("f32", "bf16") if "BF16" in caps else ("f32",)
+    from lungedge.runtime.backends.openvino import available_precisions
+
+    return available_precisions()
 
 
 def candidates(artifacts, ov_precisions):

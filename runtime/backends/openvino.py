@@ -34,6 +34,16 @@ def _openvino():
     return openvino
 
 
+def available_precisions():
+    """OpenVINO inference precisions this machine can run: () without OpenVINO, f32, and bf16 where the CPU has it."""
+    try:
+        import openvino
+    except ImportError:
+        return ()
+    capabilities = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return ("f32", "bf16") if CAPABILITY["bf16"] in capabilities else ("f32",)
+
+
 def normalise_precision(precision):
     """OpenVINO's name ("f32" or "bf16") for ``precision``; BackendUnavailable for anything else."""
     key = str(precision).lower()
