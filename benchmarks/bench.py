@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -124,8 +125,38 @@ def _on_backends(path, key, cpu):
     return [dict(base, **backend_spec(b)) for b in cpu]
 
 
-def command_line(baseline, variants, data, split, torch_run, cfg, out, lung_bundle=None):
-    """The ``lungedge bench`` command that reproduces a run."""
+@dataclass(frozen=True)
+class BenchInputs:
+    """What one bench run compares, on which images, and where it writes (the command line's operands)."""
+
+    baseline: Optional[str]
+    variants: Tuple[str, ...]
+    data: str
+    split: str = "test"
+    torch_run: Optional[str] = None
+    out: Optional[str] = None
+    lung_bundle: Optional[str] = None
+
+
+@dataclass
+class _Scoring:
+    """The state every scoring step reads: rows (written into), their runners and outputs, the images."""
+
+    rows: list
+    runners: list
+    outputs: dict
+    images: list
+    val: list
+    labels: list
+    positive: Optional[str]
+    groups: list
+    cfg: "BenchConfig"
+
+
+def command_line(inputs, cfg):
+    """The ``lungedge bench`` command that reproduces a run of ``inputs`` (a BenchInputs) with ``cfg``."""
+    baseline, variants, data, split = inputs.baseline, inputs.variants, inputs.data, inputs.split
+    torch_run, out, lung_bundle = inputs.torch_run, inputs.out, inputs.lung_bundle
     parts = ["lungedge", "bench"]
     if baseline:
         parts += ["--baseline", baseline]
@@ -302,8 +333,8 @@ def run_bench(baseline=None, variants=(), data=None, split="test", torch_run=Non
     runners = [open_runner(s, threads=threads) for s in specs]
     try:
         crop = _lung_crop(runners, lung_bundle, threads)
-        return _bench(runners, specs, baseline, list(variants), data, split, torch_run, out, cfg, threads, bar,
-                      crop, lung_bundle)
+        inputs = BenchInputs(baseline, tuple(variants), data, split, torch_run, out, lung_bundle)
+        return _bench(runners, specs, inputs, cfg, bar, crop)
     finally:
         for r in runners:
             r.close()
@@ -349,8 +380,9 @@ def _unique_names(runners):
             r.name = f"{r.name}#{seen[r.name]}"
 
 
-def _bench(runners, specs, baseline, variants, data, split, torch_run, out, cfg, threads, bar, crop=None,
-           lung_bundle=None):
+def _bench(runners, specs, inputs, cfg, bar, crop=None):
+    data, split, out = inputs.data, inputs.split, inputs.out
+    threads = cfg.resolved_threads()
     _check_same_task(runners)
     _unique_names(runners)
     ref = runners[0]
@@ -366,13 +398,14 @@ def _bench(runners, specs, baseline, variants, data, split, torch_run, out, cfg,
                for r in runners}
     rows = [{"name": r.name, "role": s["role"], "info": r.info, "manifest": _manifest_summary(r),
              "complexity": _complexity(r)} for r, s in zip(runners, specs)]
+    scoring = _Scoring(rows, runners, outputs, images, val, labels, positive, groups, cfg)
     if task == "classification":
-        _score_classification(rows, runners, outputs, images, val, labels, positive, groups, cfg)
-        _score_calibration(rows, runners, outputs, images, labels, positive, groups, cfg)
-        subgroups = _score_subgroups(rows, runners, outputs, images, labels, positive, groups, cfg)
+        _score_classification(scoring)
+        _score_calibration(scoring)
+        subgroups = _score_subgroups(scoring)
     else:
         subgroups = None
-        _score_segmentation(rows, runners, outputs, images, groups, cfg)
+        _score_segmentation(scoring)
     guards, jetson = _measure_speed(rows, runners, images[:16], cfg, bar)
     for r in runners:
         r.close()  # free the models before the memory subprocesses run
@@ -393,7 +426,7 @@ def _bench(runners, specs, baseline, variants, data, split, torch_run, out, cfg,
                       "labels": [im.label for im in images] if task == "classification" else None,
                       "val_labels": [im.label for im in val] if task == "classification" else None},
         "config": dict(asdict(cfg), threads=threads),
-        "command": command_line(baseline, variants, data, split, torch_run, cfg, out, lung_bundle),
+        "command": command_line(inputs, cfg),
         "environment": describe(threads),
         "timing_guard": guards,
         "noisy": any(bool(g.get("noisy")) for g in guards.values()),
@@ -458,7 +491,9 @@ def _label_counts(images):
     return counts
 
 
-def _score_classification(rows, runners, outputs, images, val, labels, positive, groups, cfg):
+def _score_classification(sc):
+    rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
+    val, labels, positive, groups = sc.val, sc.labels, sc.positive, sc.groups
     test_idx = np.array([labels.index(im.label) for im in images])
     val_idx = np.array([labels.index(im.label) for im in val])
     pos = labels.index(positive)
@@ -513,7 +548,9 @@ def _test_cis(y, scores, threshold, groups, cfg):
     return out
 
 
-def _score_calibration(rows, runners, outputs, images, labels, positive, groups, cfg):
+def _score_calibration(sc):
+    rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
+    labels, positive, groups = sc.labels, sc.positive, sc.groups
     """ECE (equal-mass bins), Brier score and reliability curve of P(positive) per row, and the change from the
     reference with paired patient-bootstrap intervals."""
     from lungedge.metrics import bootstrap as S
@@ -542,7 +579,9 @@ def _score_calibration(rows, runners, outputs, images, labels, positive, groups,
         row["calibration"]["delta"] = delta
 
 
-def _score_subgroups(rows, runners, outputs, images, labels, positive, groups, cfg):
+def _score_subgroups(sc):
+    rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
+    labels, positive, groups = sc.labels, sc.positive, sc.groups
     """Per-subgroup tables (``subgroups.subgroup_tables``) for the configured columns, or None."""
     if not cfg.subgroups:
         return None
@@ -557,7 +596,9 @@ def _score_subgroups(rows, runners, outputs, images, labels, positive, groups, c
     return {"columns": list(cfg.subgroups), "min_n": MIN_N, "max_drop": MAX_DROP, "tables": tables}
 
 
-def _score_segmentation(rows, runners, outputs, images, groups, cfg):
+def _score_segmentation(sc):
+    rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
+    groups = sc.groups
     masks = {r.name: [o["mask"] for o in outputs[r.name]["test"]] for r in runners}
     for row, r in zip(rows, runners):
         row["accuracy"] = A.score_segmentation(masks[r.name], images)
