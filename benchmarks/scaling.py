@@ -16,16 +16,20 @@ one file at a time, so latency is end to end from files and peak RSS should not 
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 
 from lungedge.runtime.enums import BackendName
+from lungedge.runtime.errors import ConfigError
 
 DEFAULT_SLICES = (10, 50, 100, 300)
 TARGET_SLICES, TARGET_S = 300, 6.0
@@ -187,37 +191,61 @@ def rss_flatness(points, tolerance=RSS_FLAT_TOLERANCE):
             "tolerance": tolerance, "flat": bool(worst <= tolerance)}
 
 
-def run_scaling(segmenter=None, classifier=None, data_dirs=(), slices=DEFAULT_SLICES, repeats=3, batch=16,
-                threads=0, backend="onnxruntime", out=None, timeout=1800, progress=True, source="dicom",
-                dicom_size=512, work_dir=None):
+@dataclass(frozen=True)
+class ScalingConfig:
+    """One CT-study scaling run: which bundles, which slices, how many repeats, on what backend.
+
+    source: "dicom" writes each study as a DICOM series and streams it through the pipeline; "png" reads the PNGs
+    into an in-memory volume first."""
+
+    segmenter: Optional[str] = None
+    classifier: Optional[str] = None
+    data_dirs: Tuple[str, ...] = ()
+    slices: Tuple[int, ...] = DEFAULT_SLICES
+    repeats: int = 3
+    batch: int = 16
+    threads: int = 0
+    backend: str = "onnxruntime"
+    source: str = "dicom"
+    dicom_size: int = 512
+    timeout: int = 1800
+
+    def __post_init__(self):
+        object.__setattr__(self, "data_dirs", tuple(self.data_dirs))
+        object.__setattr__(self, "slices", tuple(int(n) for n in self.slices))
+        if not self.segmenter and not self.classifier:
+            raise ConfigError("give a CT lesion segmenter bundle, a CT classifier bundle, or both")
+        if self.source not in SOURCES:
+            raise ConfigError(f"source {self.source!r} is not one of {SOURCES}")
+
+
+def run_scaling(config=None, out=None, progress=True, work_dir=None, **fields):
     """Study latency and peak RSS per slice count (one subprocess each), the linear fit and the 300-slice target.
 
-    source: "dicom" writes each study as a DICOM series under ``work_dir`` (a temporary folder by default) and
-    streams it through the pipeline; "png" reads the PNGs into an in-memory volume first."""
+    config: a ScalingConfig, or its fields as keywords. work_dir: where DICOM series are written (a temporary
+    folder by default)."""
     import shutil
     import tempfile
 
-    from lungedge.benchmarks.environment import describe
-
-    if not segmenter and not classifier:
-        raise ValueError("give a CT lesion segmenter bundle, a CT classifier bundle, or both")
-    if source not in SOURCES:
-        raise ValueError(f"source {source!r} is not one of {SOURCES}")
-    own_work = work_dir is None and source == "dicom"
+    cfg = config or ScalingConfig(**fields)
+    own_work = work_dir is None and cfg.source == "dicom"
     work_dir = tempfile.mkdtemp(prefix="lungedge-scaling-") if own_work else work_dir
     try:
-        return _run_scaling(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out,
-                            timeout, progress, source, dicom_size, work_dir, describe)
+        return _run_scaling(cfg, out, progress, work_dir)
     finally:
         if own_work:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _run_scaling(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out, timeout, progress,
-                 source, dicom_size, work_dir, describe):
+def _run_scaling(cfg, out, progress, work_dir):
+    from lungedge.benchmarks.environment import describe
+
+    segmenter, classifier, data_dirs, slices = cfg.segmenter, cfg.classifier, cfg.data_dirs, cfg.slices
+    repeats, batch, backend, source, dicom_size, timeout = (cfg.repeats, cfg.batch, cfg.backend, cfg.source,
+                                                             cfg.dicom_size, cfg.timeout)
     import shutil
 
-    threads = threads or os.cpu_count() or 1
+    threads = cfg.threads or os.cpu_count() or 1
     points = []
     steps = list(slices)
     if progress:
@@ -273,8 +301,7 @@ def _run_scaling(segmenter, classifier, data_dirs, slices, repeats, batch, threa
         "target_slices": TARGET_SLICES, "target_s": TARGET_S,
         "target_latency_s": at_target["latency_s"]["median"] if at_target else None,
         "meets_target": (at_target["latency_s"]["median"] < TARGET_S) if at_target else None,
-        "command": _command(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out, source,
-                            dicom_size),
+        "command": _command(dataclasses.replace(cfg, threads=threads), out),
         "environment": describe(threads),
     }
     if out:
@@ -282,8 +309,11 @@ def _run_scaling(segmenter, classifier, data_dirs, slices, repeats, batch, threa
     return results
 
 
-def _command(segmenter, classifier, data_dirs, slices, repeats, batch, threads, backend, out, source="dicom",
-             dicom_size=512):
+def _command(cfg, out):
+    """The ``lungedge bench scaling`` command that reproduces a run."""
+    segmenter, classifier, data_dirs, slices, backend, source = (cfg.segmenter, cfg.classifier, cfg.data_dirs,
+                                                                 cfg.slices, cfg.backend, cfg.source)
+    repeats, batch, threads, dicom_size = cfg.repeats, cfg.batch, cfg.threads, cfg.dicom_size
     parts = ["lungedge", "bench", "scaling"]
     if segmenter:
         parts += ["--segmenter", segmenter]
@@ -378,8 +408,10 @@ def main(argv=None):
         return 0
     if not a.data:
         p.error("--data is required")
-    results = run_scaling(a.segmenter, a.classifier, a.data, a.slices, a.repeats, a.batch, a.threads, a.backend,
-                          a.out, progress=not a.no_progress, source=a.source, dicom_size=a.dicom_size)
+    cfg = ScalingConfig(segmenter=a.segmenter, classifier=a.classifier, data_dirs=a.data, slices=a.slices,
+                        repeats=a.repeats, batch=a.batch, threads=a.threads, backend=a.backend, source=a.source,
+                        dicom_size=a.dicom_size)
+    results = run_scaling(cfg, a.out, progress=not a.no_progress)
     print(render_markdown(results, heading_level=2))
     return 0
 
