@@ -549,10 +549,10 @@ def _test_cis(y, scores, threshold, groups, cfg):
 
 
 def _score_calibration(sc):
-    rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
-    labels, positive, groups = sc.labels, sc.positive, sc.groups
     """ECE (equal-mass bins), Brier score and reliability curve of P(positive) per row, and the change from the
     reference with paired patient-bootstrap intervals."""
+    rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
+    labels, positive, groups = sc.labels, sc.positive, sc.groups
     from lungedge.metrics import bootstrap as S
     from lungedge.metrics import calibration as C
 
@@ -580,19 +580,19 @@ def _score_calibration(sc):
 
 
 def _score_subgroups(sc):
+    """Per-subgroup tables (``subgroups.subgroup_tables``) for the configured columns, or None."""
     rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
     labels, positive, groups = sc.labels, sc.positive, sc.groups
-    """Per-subgroup tables (``subgroups.subgroup_tables``) for the configured columns, or None."""
     if not cfg.subgroups:
         return None
-    from lungedge.benchmarks.subgroups import MAX_DROP, MIN_N, subgroup_tables
+    from lungedge.benchmarks.subgroups import MAX_DROP, MIN_N, Cases, SubgroupOptions, subgroup_tables
 
     attributes = [dict(im.extra, label=im.label) for im in images]
     y_idx = np.array([labels.index(im.label) for im in images])
     table_rows = [{"name": r.name, "probs": _probs(outputs[r.name]["test"]), "threshold": row["accuracy"]["threshold"]}
                   for row, r in zip(rows, runners)]
-    tables = subgroup_tables(cfg.subgroups, attributes, labels, positive, y_idx, groups, table_rows,
-                             n_boot=cfg.subgroup_n_boot, seed=cfg.seed)
+    tables = subgroup_tables(cfg.subgroups, Cases(attributes, y_idx, groups, labels, positive), table_rows,
+                             SubgroupOptions(n_boot=cfg.subgroup_n_boot, seed=cfg.seed))
     return {"columns": list(cfg.subgroups), "min_n": MIN_N, "max_drop": MAX_DROP, "tables": tables}
 
 

@@ -12,6 +12,9 @@ shown and flagged ``small``, never hidden. A variant whose sensitivity or specif
 A subgroup column is a manifest column name (``source``) or several joined by ``+`` (``source+label``).
 """
 
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 
 from lungedge import metrics as M
@@ -20,6 +23,33 @@ from lungedge.metrics import strict_sensitivity, strict_specificity
 
 MIN_N = 20
 MAX_DROP = 0.05
+
+
+@dataclass(frozen=True)
+class Cases:
+    """The evaluated images as the tables need them: one attribute dict (manifest columns + "label"), label index
+    and patient group per image, with the label names and the positive label."""
+
+    attributes: list
+    y_idx: np.ndarray
+    groups: np.ndarray
+    labels: list
+    positive: Optional[str]
+
+    def __post_init__(self):
+        object.__setattr__(self, "y_idx", np.asarray(self.y_idx))
+        object.__setattr__(self, "groups", np.asarray(self.groups))
+
+
+@dataclass(frozen=True)
+class SubgroupOptions:
+    """Bootstrap resamples and seed; subgroups under ``min_n`` images are flagged small; a variant losing more
+    than ``max_drop`` sensitivity or specificity (point estimate) in a subgroup is flagged there."""
+
+    n_boot: int = 1000
+    seed: int = 0
+    min_n: int = MIN_N
+    max_drop: float = MAX_DROP
 
 
 def subgroup_values(attributes, column):
@@ -44,7 +74,8 @@ def _paired(fn, y, a, b, groups, n_boot, seed):
         return None
 
 
-def _binary_metrics(labels, positive, y_idx, probs, threshold, groups, n_boot, seed):
+def _binary_metrics(labels, positive, y_idx, probs, threshold, groups, opts):
+    n_boot, seed = opts.n_boot, opts.seed
     pos = labels.index(positive)
     y = (y_idx == pos).astype(int)
     calls = (probs[:, pos] >= threshold).astype(int)
@@ -59,7 +90,8 @@ def _binary_metrics(labels, positive, y_idx, probs, threshold, groups, n_boot, s
     return out
 
 
-def _deltas(labels, positive, y_idx, ref, var, groups, n_boot, seed, max_drop):
+def _deltas(labels, positive, y_idx, ref, var, groups, opts):
+    n_boot, seed = opts.n_boot, opts.seed
     pos = labels.index(positive)
     y = (y_idx == pos).astype(int)
     ref_calls = (ref["probs"][:, pos] >= ref["threshold"]).astype(int)
@@ -68,18 +100,18 @@ def _deltas(labels, positive, y_idx, ref, var, groups, n_boot, seed, max_drop):
            "specificity": _paired(strict_specificity, y, ref_calls, var_calls, groups, n_boot, seed),
            "auc": _paired(M.roc_auc, y, ref["probs"][:, pos], var["probs"][:, pos], groups, n_boot, seed)}
     drops = [d["delta"] for k, d in out.items() if k != "auc" and d is not None]
-    out["flag"] = bool(drops and min(drops) < -max_drop)
+    out["flag"] = bool(drops and min(drops) < -opts.max_drop)
     return out
 
 
-def subgroup_tables(columns, attributes, labels, positive, y_idx, groups, rows, n_boot=1000, seed=0,
-                    min_n=MIN_N, max_drop=MAX_DROP):
-    """{column: [subgroup entries]} for every requested column.
+def subgroup_tables(columns, cases, rows, options=SubgroupOptions()):
+    """{column: [subgroup entries]} for every requested column of ``cases`` (a Cases).
 
-    attributes: one dict per image (manifest columns, plus "label"); y_idx: label index per image; groups:
-    patient group per image; rows: [{"name", "probs" (N, C), "threshold"}], the reference first.
+    rows: [{"name", "probs" (N, C), "threshold"}], the reference first.
     """
-    y_idx, groups = np.asarray(y_idx), np.asarray(groups)
+    attributes, y_idx, groups, labels, positive = (cases.attributes, cases.y_idx, cases.groups, cases.labels,
+                                                   cases.positive)
+    opts = options
     tables = {}
     for column in columns:
         values = np.asarray(subgroup_values(attributes, column))
@@ -89,15 +121,15 @@ def subgroup_tables(columns, attributes, labels, positive, y_idx, groups, rows, 
             yi, gi = y_idx[sel], groups[sel]
             counts = {labels[k]: int((yi == k).sum()) for k in sorted(set(yi.tolist()))}
             entry = {"column": column, "value": value, "n": int(sel.size), "n_patients": int(len(set(gi.tolist()))),
-                     "small": bool(sel.size < min_n), "label_counts": counts, "rows": {}, "deltas": {}}
+                     "small": bool(sel.size < opts.min_n), "label_counts": counts, "rows": {}, "deltas": {}}
             for row in rows:
                 entry["rows"][row["name"]] = _binary_metrics(labels, positive, yi, row["probs"][sel],
-                                                             row["threshold"], gi, n_boot, seed)
+                                                             row["threshold"], gi, opts)
             ref = rows[0]
             for row in rows[1:]:
                 entry["deltas"][row["name"]] = _deltas(
                     labels, positive, yi, {"probs": ref["probs"][sel], "threshold": ref["threshold"]},
-                    {"probs": row["probs"][sel], "threshold": row["threshold"]}, gi, n_boot, seed, max_drop)
+                    {"probs": row["probs"][sel], "threshold": row["threshold"]}, gi, opts)
             entries.append(entry)
         tables[column] = entries
     return tables

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lungedge.benchmarks.subgroups import subgroup_tables, subgroup_values
+from lungedge.benchmarks.subgroups import Cases, SubgroupOptions, subgroup_tables, subgroup_values
 from lungedge.metrics.bootstrap import bootstrap_ci
 from lungedge.runtime.errors import LungedgeError
 
@@ -33,7 +33,7 @@ def _case():
 
 def test_subgroup_numbers_flags_and_deltas():
     y, attrs, groups, rows = _case()
-    tables = subgroup_tables(["source"], attrs, LABELS, "covid", y, groups, rows, n_boot=200)
+    tables = subgroup_tables(["source"], Cases(attrs, y, groups, LABELS, "covid"), rows, SubgroupOptions(n_boot=200))
     a, b = tables["source"]
     assert (a["value"], a["n"], a["small"], a["label_counts"]) == ("A", 30, False,
                                                                  {"covid": 10, "normal": 10, "pneumonia": 10})
