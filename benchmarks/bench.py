@@ -34,7 +34,7 @@ from lungedge.benchmarks.runners import (
     resolve_backends,
 )
 from lungedge.benchmarks.tegrastats import TegrastatsSampler, energy_per_image, summarize
-from lungedge.runtime.errors import BundleError
+from lungedge.runtime.errors import BundleError, ConfigError
 
 SCHEMA = "lungedge.bench/1"
 THRESHOLD_SOURCES = ("val", "bundle")
@@ -323,7 +323,7 @@ def run_bench(baseline=None, variants=(), data=None, split="test", torch_run=Non
     cfg = config or BenchConfig(**options)
     cfg = replace(cfg, backends=resolve_backends(cfg.backends))  # "auto" recorded as what it meant here
     if data is None:
-        raise ValueError("data: a dev-pack style folder with manifest.csv is required")
+        raise ConfigError("data: a dev-pack style folder with manifest.csv is required")
     threads = cfg.resolved_threads()
     bar = _bar(progress)
     if cfg.thresholds == "val" and split == "all":

@@ -2,11 +2,13 @@
 
 import dataclasses
 
+from lungedge.runtime.errors import ConfigError
+
 
 def config_from_dict(cls, data):
     """``cls(**data)``, refusing keys ``cls`` does not declare (a typo must not be silently ignored)."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(names)}")
+        raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(names)}")
     return cls(**data)

@@ -8,7 +8,7 @@ in [0, 1]; the study is called positive when the score reaches the study thresho
 import cv2
 import numpy as np
 
-from lungedge.runtime.errors import InputError
+from lungedge.runtime.errors import ConfigError, InputError
 
 # CT severity on the CT-0..CT-4 scale from the share of lung volume affected (lesion / lung).
 SEVERITY_GRADES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
@@ -37,7 +37,7 @@ def _consecutive(p, n=3):
     """
     n = int(n)
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise ConfigError(f"n must be at least 1, got {n}")
     n = min(n, len(p))
     windows = np.lib.stride_tricks.sliding_window_view(p, n)
     return float(windows.min(axis=1).max())
@@ -54,7 +54,7 @@ AGGREGATION_RULES = {
 def aggregate_study(slice_probs, rule="mean", **params):
     """One study score in [0, 1] from per-slice probabilities (ordered by slice) under ``rule``."""
     if rule not in AGGREGATION_RULES:
-        raise ValueError(f"unknown aggregation rule {rule!r}; known: {sorted(AGGREGATION_RULES)}")
+        raise ConfigError(f"unknown aggregation rule {rule!r}; known: {sorted(AGGREGATION_RULES)}")
     p = np.asarray(slice_probs, dtype=np.float64).ravel()
     if p.size == 0:
         raise InputError("no slices to aggregate")
@@ -72,7 +72,7 @@ def severity_grade(lesion_ratio):
         return None
     r = float(lesion_ratio)
     if not np.isfinite(r) or r < 0.0:
-        raise ValueError(f"lesion ratio must be a finite fraction >= 0, got {lesion_ratio}")
+        raise ConfigError(f"lesion ratio must be a finite fraction >= 0, got {lesion_ratio}")
     if r == 0.0:
         return "CT-0"
     if r < 0.25:

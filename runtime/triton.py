@@ -25,7 +25,7 @@ import shutil
 import sys
 
 from lungedge.runtime.bundle import MANIFEST, Bundle
-from lungedge.runtime.errors import BundleError, LungedgeError
+from lungedge.runtime.errors import BundleError, ConfigError, LungedgeError
 
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
@@ -193,9 +193,9 @@ def export_triton(bundle_dir, repo_dir, max_batch=8, instance_count=1, platforms
     """Write one Triton model per servable artifact of ``bundle_dir`` into ``repo_dir``; returns a report dict."""
     unknown = sorted(set(platforms) - set(PLATFORMS))
     if unknown:
-        raise ValueError(f"unknown platform(s) {unknown}; choose from {sorted(PLATFORMS)}")
+        raise ConfigError(f"unknown platform(s) {unknown}; choose from {sorted(PLATFORMS)}")
     if max_batch < 0 or instance_count < 1 or onnx_device not in INSTANCE_KINDS:
-        raise ValueError("max_batch must be >= 0, instance_count >= 1, onnx_device 'gpu' or 'cpu'")
+        raise ConfigError("max_batch must be >= 0, instance_count >= 1, onnx_device 'gpu' or 'cpu'")
     bundle = Bundle.load(bundle_dir)  # verifies every artifact's sha256 before anything is copied
     m = bundle.manifest
     chosen, skipped = plan_artifacts(m, platforms)
