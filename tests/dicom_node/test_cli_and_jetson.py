@@ -42,7 +42,7 @@ def test_a_bundle_failing_its_golden_self_test_stops_the_node_with_status_3(tmp_
 def test_lungedge_dicom_node_help_runs_through_the_main_cli():
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", "import sys; from lungedge.runtime.cli import main; "
+    proc = subprocess.run([sys.executable, "-c", "import sys; from lungedge.cli.main import main; "
                            "sys.exit(main())", "dicom-node", "--help"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 0 and "--allow" in proc.stdout and "--destination" in proc.stdout
