@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -471,10 +470,9 @@ class Service:
 
 def _make_runner(predictor, lung, cfg):
     """The same routing as ``lungedge infer`` (X-ray pipeline, CT studies), so both give identical results."""
-    from lungedge.runtime.cli import InputRouter
+    from lungedge.runtime.pipelines import InputRouter
 
-    return InputRouter(predictor, lung, types.SimpleNamespace(rule=cfg.rule, consecutive=cfg.consecutive,
-                                                          batch_size=cfg.batch_size))
+    return InputRouter(predictor, lung, rule=cfg.rule, consecutive=cfg.consecutive, batch_size=cfg.batch_size)
 
 
 def _verdict(result):
