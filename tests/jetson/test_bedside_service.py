@@ -154,7 +154,7 @@ def test_unwritable_output_puts_the_input_back(started, png_bytes, monkeypatch):
 
     def disk_full(*_):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(svc, "write_json_atomic", disk_full)
+    monkeypatch.setattr(svc.core, "write_json_atomic", disk_full)
     with pytest.raises(svc.OutputError, match="No space left"):
         service.poll_once()
     assert "keep.png" in listing(watch)  # back where it was dropped, to be tried again
@@ -258,10 +258,10 @@ def test_http_endpoint_on_loopback(started, png_bytes):
 
 
 def test_upload_name_is_sanitised():
-    assert svc._upload_name("name=../../etc/passwd", None) == "passwd"
-    assert svc._upload_name("name=.hidden.png", "image/png") == "upload.png"
-    assert svc._upload_name("name=a b.png", "application/dicom") == "upload.dcm"
-    assert svc._upload_name("", "application/octet-stream") == "upload"
+    assert svc.http._upload_name("name=../../etc/passwd", None) == "passwd"
+    assert svc.http._upload_name("name=.hidden.png", "image/png") == "upload.png"
+    assert svc.http._upload_name("name=a b.png", "application/dicom") == "upload.dcm"
+    assert svc.http._upload_name("", "application/octet-stream") == "upload"
 
 
 def test_sigterm_stops_gracefully_and_notifies_systemd(tmp_path, bundle, png_bytes):
