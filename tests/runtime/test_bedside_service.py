@@ -13,13 +13,14 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
-from jetson_helpers import REPO, make_bundle
-from tinymodels import golden_writer
+from tinymodels import XRAY_LABELS, golden_writer, square_image, xray_classifier_bundle
 
 from lungedge.runtime import service as svc
 
 FAST = {"poll_seconds": 0.05, "settle_seconds": 0.0}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def folders(tmp_path):
@@ -39,6 +40,25 @@ def wait_for(condition, timeout=30.0, step=0.05):
             return True
         time.sleep(step)
     return condition()
+
+
+@pytest.fixture
+def bundle(xray_cls_bundle):
+    return xray_cls_bundle
+
+
+@pytest.fixture
+def png_bytes():
+    """Callable(seed) -> bytes of a small 8-bit PNG with a bright rectangle (distinct per seed)."""
+    import cv2
+
+    def encode(seed=0):
+        img = square_image(96, 128, box=(20 + seed, 30, 60 + seed, 90 + seed))
+        img = (img + np.random.default_rng(seed).integers(0, 8, img.shape)).astype(np.uint8)
+        ok, buf = cv2.imencode(".png", img)
+        assert ok
+        return buf.tobytes()
+    return encode
 
 
 @pytest.fixture
@@ -201,7 +221,7 @@ def test_real_dicom_keeps_patient_identifiers_out_of_logs_and_outputs(started, d
 
 
 def test_refuses_to_serve_when_the_golden_outputs_do_not_match(tmp_path, png_bytes, caplog):
-    spoiled = make_bundle(tmp_path / "spoiled", golden=golden_writer(shift=0.5))  # re-hashed, so it loads
+    spoiled = xray_classifier_bundle(tmp_path / "spoiled", golden=golden_writer(shift=0.5))  # re-hashed, so it loads
     watch, out = folders(tmp_path)
     with open(os.path.join(watch, "waiting.png"), "wb") as fh:
         fh.write(png_bytes(7))
@@ -301,12 +321,9 @@ def test_service_and_triton_modules_are_torch_free():
 
 def test_refused_input_is_reported_not_assessed(tmp_path, caplog):
     import cv2
-    import numpy as np
-    from jetson_helpers import LABELS
-    from tinymodels import chest_like, classifier_model, write_bundle
+    from tinymodels import chest_like
 
-    bundle = write_bundle(tmp_path / "qc", classifier_model(3), "classification", "xray", LABELS, {"covid": 0.4},
-                          positive_label="covid", golden=golden_writer(), quality={"view": "frontal"})
+    bundle = xray_classifier_bundle(tmp_path / "qc", quality={"view": "frontal"})
     watch, out = folders(tmp_path)
     service = svc.Service(svc.ServiceConfig(bundle=bundle, watch=watch, out=out, **FAST))
     service.start()
@@ -322,7 +339,7 @@ def test_refused_input_is_reported_not_assessed(tmp_path, caplog):
     assert refused["assessed"] is False and refused["outcome"] == "not assessed" and "label" not in refused
     assert refused["quality"]["reasons"][0]["reason"] == "blank_or_constant"
     with open(os.path.join(out, "film.json")) as fh:
-        assert json.load(fh)["label"] in LABELS
+        assert json.load(fh)["label"] in XRAY_LABELS
     assert listing(os.path.join(watch, "done")) == ["blank.png", "film.png"]  # an outcome, not a failure
     assert (service.processed, service.failed, service.not_assessed) == (2, 0, 1)
     assert any("not assessed (pixel standard deviation 0 below 0.02" in r.getMessage() for r in caplog.records)
