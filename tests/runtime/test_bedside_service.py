@@ -34,6 +34,7 @@ def listing(path):
 
 
 def wait_for(condition, timeout=30.0, step=0.05):
+    """Poll ``condition`` until true or ``timeout`` seconds pass (for another process's work: no event to hook)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if condition():
@@ -61,6 +62,18 @@ def png_bytes():
     return encode
 
 
+def count_outcomes(service, total):
+    """An Event set once ``service`` has processed or failed ``total`` inputs (serve_forever runs in a thread)."""
+    finished, process = threading.Event(), service.process
+
+    def counted(name):
+        process(name)
+        if service.processed + service.failed >= total:
+            finished.set()
+    service.process = counted
+    return finished
+
+
 @pytest.fixture
 def started(tmp_path, bundle):
     """Callable(**config) -> a started Service on tmp folders; closed after the test."""
@@ -83,6 +96,7 @@ def test_watch_folder_processes_good_inputs_and_quarantines_a_corrupt_one(tmp_pa
     service = svc.Service(svc.ServiceConfig(bundle=bundle, watch=watch, out=out, poll_seconds=0.05,
                                             settle_seconds=0.2))
     service.start()
+    finished = count_outcomes(service, 4)
     worker = threading.Thread(target=service.serve_forever, daemon=True)
     worker.start()
     try:
@@ -95,8 +109,7 @@ def test_watch_folder_processes_good_inputs_and_quarantines_a_corrupt_one(tmp_pa
         for ignored in (".incoming.png", "d.png.part"):  # still being copied: never touched
             with open(os.path.join(watch, ignored), "wb") as fh:
                 fh.write(png_bytes(9))
-        assert wait_for(lambda: len(listing(os.path.join(watch, "done"))) == 3
-                        and "broken.png" in listing(os.path.join(watch, "failed")))
+        assert finished.wait(timeout=60)
     finally:
         service.stop()
         worker.join(timeout=10)
@@ -143,11 +156,21 @@ def test_unsettled_input_waits(tmp_path, bundle, png_bytes):
     watch, out = folders(tmp_path)
     service = svc.Service(svc.ServiceConfig(bundle=bundle, watch=watch, out=out, settle_seconds=0.3))
     service.start()
+    now = [1000.0]
+    service.watch.clock = lambda: now[0]  # the watch folder's settling time, without waiting for it
     try:
         with open(os.path.join(watch, "x.png"), "wb") as fh:
             fh.write(png_bytes(3))
         assert service.poll_once() == 0  # first sighting: not yet settled
-        time.sleep(0.35)
+        now[0] += 0.25
+        assert service.poll_once() == 0  # unchanged, but not for settle_seconds yet
+        with open(os.path.join(watch, "x.png"), "ab") as fh:
+            fh.write(b"\0")  # still being written: the settling starts again
+        now[0] += 0.1
+        assert service.poll_once() == 0
+        now[0] += 0.25
+        assert service.poll_once() == 0
+        now[0] += 0.1
         assert service.poll_once() == 1
     finally:
         service.close()
