@@ -76,40 +76,6 @@ def _stems(inputs):
     return stems
 
 
-class InputRouter:
-    """Routes each input: X-ray images through XrayPipeline, CT volumes through CtStudyPipeline."""
-
-    def __init__(self, predictor, lung, args):
-        from lungedge.runtime.pipelines import CtStudyPipeline, XrayPipeline
-
-        self.predictor, self.study, self.image = predictor, None, predictor
-        if predictor.modality == "xray" and predictor.task == "classification":
-            self.image = XrayPipeline(predictor, lung)
-        elif predictor.modality == "xray" and lung is not None:
-            raise BundleError("--lung-bundle goes with an X-ray classification bundle or a CT bundle")
-        if predictor.modality == "ct":
-            params = {"n": args.consecutive} if args.rule == "consecutive" else {}
-            cls = predictor if predictor.task == "classification" else None
-            seg = predictor if predictor.task == "segmentation" else None
-            try:
-                self.study = CtStudyPipeline(classifier=cls, lesion_segmenter=seg, lung_segmenter=lung,
-                                             batch_size=args.batch_size, rule=args.rule, rule_params=params)
-            except ValueError as exc:
-                raise BundleError(f"--rule: {exc}") from None
-
-    def run(self, path):
-        """(result, (array, meta) for an overlay or None)."""
-        from lungedge.runtime.io import is_volume
-        from lungedge.runtime.predictor import load_input
-
-        if self.study is not None and is_volume(path):
-            return self.study.run(path), None
-        array, meta, source = load_input(path)
-        if self.study is not None and array.ndim == 3 and array.shape[0] > 1:  # multi-frame CT DICOM
-            return self.study.run(array, meta, source=source), None
-        return self.image.predict_image(array, meta, source), (array, meta)
-
-
 def _open(bundle_dir, args, precision):
     from lungedge.runtime.predictor import Predictor
 
@@ -122,11 +88,13 @@ def cmd_infer(args):
     from tqdm import tqdm
 
     from lungedge.runtime import report
+    from lungedge.runtime.pipelines import InputRouter
 
     try:
         predictor = _open(args.bundle, args, args.precision)
         lung = _open(args.lung_bundle, args, None) if args.lung_bundle else None
-        runner = InputRouter(predictor, lung, args)
+        runner = InputRouter(predictor, lung, rule=args.rule, consecutive=args.consecutive,
+                             batch_size=args.batch_size)
     except (BundleError, BackendUnavailable, EngineMismatch) as exc:
         print(f"lungedge infer: {exc}", file=sys.stderr)
         return 2

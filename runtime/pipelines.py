@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from lungedge.runtime.errors import BundleError, InputError
-from lungedge.runtime.io import iter_slices
+from lungedge.runtime.io import is_volume, iter_slices
 from lungedge.runtime.predictor import array_meta, array_source, load_input
 from lungedge.runtime.quality import NOT_ASSESSED
 from lungedge.runtime.study import aggregate_study, lesion_ratio, lung_mask_from_hu, severity_grade
@@ -312,3 +312,36 @@ class CtStudyPipeline:
         if not spacing or not step:
             return None
         return float(spacing[0]) * float(spacing[1]) * float(step) / 1000.0
+
+
+class InputRouter:
+    """Routes each input: X-ray images through XrayPipeline, CT volumes through CtStudyPipeline.
+
+    ``rule``, ``consecutive`` and ``batch_size`` shape CT studies (as ``lungedge infer --rule`` etc.); the same
+    routing serves ``lungedge infer`` and the bedside service, so both give identical results.
+    """
+
+    def __init__(self, predictor, lung=None, rule="mean", consecutive=3, batch_size=8):
+        self.predictor, self.study, self.image = predictor, None, predictor
+        if predictor.modality == "xray" and predictor.task == "classification":
+            self.image = XrayPipeline(predictor, lung)
+        elif predictor.modality == "xray" and lung is not None:
+            raise BundleError("--lung-bundle goes with an X-ray classification bundle or a CT bundle")
+        if predictor.modality == "ct":
+            params = {"n": consecutive} if rule == "consecutive" else {}
+            cls = predictor if predictor.task == "classification" else None
+            seg = predictor if predictor.task == "segmentation" else None
+            try:
+                self.study = CtStudyPipeline(classifier=cls, lesion_segmenter=seg, lung_segmenter=lung,
+                                             batch_size=batch_size, rule=rule, rule_params=params)
+            except ValueError as exc:
+                raise BundleError(f"--rule: {exc}") from None
+
+    def run(self, path):
+        """(result, (array, meta) for an overlay or None)."""
+        if self.study is not None and is_volume(path):
+            return self.study.run(path), None
+        array, meta, source = load_input(path)
+        if self.study is not None and array.ndim == 3 and array.shape[0] > 1:  # multi-frame CT DICOM
+            return self.study.run(array, meta, source=source), None
+        return self.image.predict_image(array, meta, source), (array, meta)

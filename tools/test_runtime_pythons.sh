@@ -8,14 +8,16 @@
 # Venvs default to .venvs/venv38 and .venvs/venv310 in the repo; override with VENV_ROOT=/some/dir.
 # A missing interpreter is skipped with a message, except under CI=true where it fails.
 # The runtime's own dependencies, openvino (the optional backend, tested everywhere), plus onnx (tests build tiny models), pillow (pydicom's JPEG baseline
-# decoder for the CR sample files), pytest and vermin. No torch: the runtime must not need it.
+# decoder for the CR sample files), tritonclient[grpc] (parses the Triton export's config.pbtxt), pytest and vermin.
+# No torch: the runtime must not need it.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV_ROOT="${VENV_ROOT:-$REPO/.venvs}"
 PY38="${PY38:-/root/.pyenv/versions/3.8.18/bin/python3.8}"
 PY310="${PY310:-/root/.pyenv/versions/3.10.13/bin/python3.10}"
-PACKAGES=(numpy opencv-python-headless onnxruntime openvino pydicom nibabel tqdm pytest onnx pillow vermin)
+PACKAGES=(numpy opencv-python-headless onnxruntime openvino pydicom nibabel tqdm pytest onnx pillow vermin
+          "tritonclient[grpc]")
 
 run_one() {
     local version="$1" python="$2"

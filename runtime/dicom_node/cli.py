@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 
-from lungedge.runtime.errors import LungedgeError
-
-EXIT_OK, EXIT_UNUSABLE, EXIT_SELFTEST = 0, 2, 3
+EXIT_OK, EXIT_UNUSABLE, EXIT_SELFTEST = 0, 2, 3  # as lungedge serve's (lungedge.runtime.service.daemon)
 log = logging.getLogger("lungedge.dicom_node")
 
 FLAGS = {  # flag -> (config key, type)
@@ -64,7 +61,7 @@ def main(argv=None):
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s lungedge-dicom-node %(levelname)s %(message)s")
     from lungedge.runtime.dicom_node.node import DicomNode
-    from lungedge.runtime.service import SelfTestFailed, sd_notify
+    from lungedge.runtime.service.daemon import sd_notify, start_status, stop_on_signals
 
     try:
         config = config_from_args(args)
@@ -72,25 +69,18 @@ def main(argv=None):
         log.error("bad configuration: %s", exc)
         return EXIT_UNUSABLE
     node = DicomNode(config)
-    previous = {sig: signal.signal(sig, lambda *_: node._stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_on_signals(node._stop.set):
         try:
-            node.start()
-        except SelfTestFailed as exc:
-            log.error("%s", exc)
-            return EXIT_SELFTEST
-        except (LungedgeError, OSError) as exc:
-            log.error("cannot start: %s", exc)
-            return EXIT_UNUSABLE
-        print(f"READY {node.address[0]} {node.address[1]}", flush=True)
-        sd_notify(f"READY=1\nSTATUS=listening as {config.ae_title} on port {node.address[1]}")
-        node.wait()
-        return EXIT_OK
-    finally:
-        sd_notify("STOPPING=1")
-        node.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            status = start_status(node.start, log)
+            if status is not None:
+                return status
+            print(f"READY {node.address[0]} {node.address[1]}", flush=True)
+            sd_notify(f"READY=1\nSTATUS=listening as {config.ae_title} on port {node.address[1]}")
+            node.wait()
+            return EXIT_OK
+        finally:
+            sd_notify("STOPPING=1")
+            node.stop()
 
 
 if __name__ == "__main__":

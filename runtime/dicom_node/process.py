@@ -19,7 +19,7 @@ def selftest_bundles(config, log):
     from lungedge.runtime.bundle import Bundle
     from lungedge.runtime.errors import LungedgeError
     from lungedge.runtime.selftest import run_selftest
-    from lungedge.runtime.service import SelfTestFailed
+    from lungedge.runtime.service.daemon import SelfTestFailed
 
     results = []
     for bundle_dir in (config.xray_bundle, config.xray_lung_bundle, config.ct_bundle, config.ct_lesion_bundle,

@@ -372,6 +372,7 @@ def test_segmentation_accumulator_summaries_without_nan():
         acc.aggregate()
 
 
+@pytest.mark.slow  # a wall-clock bound: kept out of the default run, where a busy machine would fail it
 def test_surface_distances_are_fast_on_256_masks():
     rng = np.random.default_rng(0)
     pred = blob_mask(rng, (256, 256), 0.3)

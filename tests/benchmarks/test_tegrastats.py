@@ -133,7 +133,9 @@ def test_sampler_with_a_recorded_tegrastats(tmp_path):
     assert sampler.available
     with sampler:
         t0 = time.monotonic()
-        time.sleep(0.5)
+        deadline = t0 + 30  # a deadline, not a duration: the loop ends as soon as five samples are in
+        while len(sampler.window(t0, time.monotonic())) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
         t1 = time.monotonic()
     window = sampler.window(t0, t1)
     assert len(window) >= 5

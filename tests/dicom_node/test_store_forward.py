@@ -3,7 +3,6 @@ back-off while unreachable without giving up, dead-letter after N refusals, conf
 
 import json
 import os
-import time
 
 import pytest
 from peers import free_port, wait_for
@@ -91,10 +90,11 @@ def test_a_destination_that_refuses_sends_the_result_to_dead_letter_after_n_refu
         store = NodeStore(config.state)
         store.complete([], "r", [_result_file(tmp_path, dev_cr)], [dest.name])
         forwarder = Forwarder(config, store)
-        deadline = time.monotonic() + 20
-        while store.counts()["dead"] == 0 and time.monotonic() < deadline:
+
+        def dead_after_a_round():
             forwarder.run_once()
-            time.sleep(0.05)
+            return store.counts()["dead"]
+        wait_for(dead_after_a_round, timeout=20, what="the refused result to be moved to dead/")
         assert len(refused) == 2 and store.counts()["dead"] == 1
         folder = os.path.join(store.dead, "PACS")
         errors = [n for n in os.listdir(folder) if n.endswith(".error.json")]

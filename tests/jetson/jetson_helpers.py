@@ -11,9 +11,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 JETSON = os.path.join(REPO, "jetson")
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "runtime"))  # the runtime tests' tiny ONNX models
 
-from tinymodels import classifier_model, golden_writer, write_bundle  # noqa: E402
-
-LABELS = ["covid", "normal", "pneumonia"]
+from tinymodels import xray_classifier_bundle as make_bundle  # noqa: E402,F401 (the bundle fixture)
 
 
 def ci():
@@ -31,8 +29,3 @@ def need_tool(name):
         pytest.skip(f"{name} is not installed")
     return path
 
-
-def make_bundle(root, golden=None):
-    """An X-ray classification bundle with golden inputs (``golden`` overrides the golden writer)."""
-    return write_bundle(root, classifier_model(3), "classification", "xray", LABELS, {"covid": 0.4},
-                        positive_label="covid", golden=golden or golden_writer())

@@ -175,3 +175,12 @@ def write_ct_series(folder, source, count=4):
         ds.InstanceNumber = count - k
         ds.save_as(os.path.join(str(folder), f"slice_{names[k]:03d}.dcm"))
     return str(folder)
+
+
+XRAY_LABELS = ["covid", "normal", "pneumonia"]
+
+
+def xray_classifier_bundle(root, golden=None, quality=None):
+    """The tiny 3-class X-ray classifier bundle with golden data (``golden`` overrides the golden writer)."""
+    return write_bundle(root, classifier_model(3), "classification", "xray", XRAY_LABELS, {"covid": 0.4},
+                        positive_label="covid", golden=golden or golden_writer(), quality=quality)

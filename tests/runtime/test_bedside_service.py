@@ -13,13 +13,14 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
-from jetson_helpers import REPO, make_bundle
-from tinymodels import golden_writer
+from tinymodels import XRAY_LABELS, golden_writer, square_image, xray_classifier_bundle
 
 from lungedge.runtime import service as svc
 
 FAST = {"poll_seconds": 0.05, "settle_seconds": 0.0}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def folders(tmp_path):
@@ -33,12 +34,44 @@ def listing(path):
 
 
 def wait_for(condition, timeout=30.0, step=0.05):
+    """Poll ``condition`` until true or ``timeout`` seconds pass (for another process's work: no event to hook)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if condition():
             return True
         time.sleep(step)
     return condition()
+
+
+@pytest.fixture
+def bundle(xray_cls_bundle):
+    return xray_cls_bundle
+
+
+@pytest.fixture
+def png_bytes():
+    """Callable(seed) -> bytes of a small 8-bit PNG with a bright rectangle (distinct per seed)."""
+    import cv2
+
+    def encode(seed=0):
+        img = square_image(96, 128, box=(20 + seed, 30, 60 + seed, 90 + seed))
+        img = (img + np.random.default_rng(seed).integers(0, 8, img.shape)).astype(np.uint8)
+        ok, buf = cv2.imencode(".png", img)
+        assert ok
+        return buf.tobytes()
+    return encode
+
+
+def count_outcomes(service, total):
+    """An Event set once ``service`` has processed or failed ``total`` inputs (serve_forever runs in a thread)."""
+    finished, process = threading.Event(), service.process
+
+    def counted(name):
+        process(name)
+        if service.processed + service.failed >= total:
+            finished.set()
+    service.process = counted
+    return finished
 
 
 @pytest.fixture
@@ -63,6 +96,7 @@ def test_watch_folder_processes_good_inputs_and_quarantines_a_corrupt_one(tmp_pa
     service = svc.Service(svc.ServiceConfig(bundle=bundle, watch=watch, out=out, poll_seconds=0.05,
                                             settle_seconds=0.2))
     service.start()
+    finished = count_outcomes(service, 4)
     worker = threading.Thread(target=service.serve_forever, daemon=True)
     worker.start()
     try:
@@ -75,8 +109,7 @@ def test_watch_folder_processes_good_inputs_and_quarantines_a_corrupt_one(tmp_pa
         for ignored in (".incoming.png", "d.png.part"):  # still being copied: never touched
             with open(os.path.join(watch, ignored), "wb") as fh:
                 fh.write(png_bytes(9))
-        assert wait_for(lambda: len(listing(os.path.join(watch, "done"))) == 3
-                        and "broken.png" in listing(os.path.join(watch, "failed")))
+        assert finished.wait(timeout=60)
     finally:
         service.stop()
         worker.join(timeout=10)
@@ -123,11 +156,21 @@ def test_unsettled_input_waits(tmp_path, bundle, png_bytes):
     watch, out = folders(tmp_path)
     service = svc.Service(svc.ServiceConfig(bundle=bundle, watch=watch, out=out, settle_seconds=0.3))
     service.start()
+    now = [1000.0]
+    service.watch.clock = lambda: now[0]  # the watch folder's settling time, without waiting for it
     try:
         with open(os.path.join(watch, "x.png"), "wb") as fh:
             fh.write(png_bytes(3))
         assert service.poll_once() == 0  # first sighting: not yet settled
-        time.sleep(0.35)
+        now[0] += 0.25
+        assert service.poll_once() == 0  # unchanged, but not for settle_seconds yet
+        with open(os.path.join(watch, "x.png"), "ab") as fh:
+            fh.write(b"\0")  # still being written: the settling starts again
+        now[0] += 0.1
+        assert service.poll_once() == 0
+        now[0] += 0.25
+        assert service.poll_once() == 0
+        now[0] += 0.1
         assert service.poll_once() == 1
     finally:
         service.close()
@@ -154,7 +197,7 @@ def test_unwritable_output_puts_the_input_back(started, png_bytes, monkeypatch):
 
     def disk_full(*_):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(svc, "write_json_atomic", disk_full)
+    monkeypatch.setattr(svc.core, "write_json_atomic", disk_full)
     with pytest.raises(svc.OutputError, match="No space left"):
         service.poll_once()
     assert "keep.png" in listing(watch)  # back where it was dropped, to be tried again
@@ -201,7 +244,7 @@ def test_real_dicom_keeps_patient_identifiers_out_of_logs_and_outputs(started, d
 
 
 def test_refuses_to_serve_when_the_golden_outputs_do_not_match(tmp_path, png_bytes, caplog):
-    spoiled = make_bundle(tmp_path / "spoiled", golden=golden_writer(shift=0.5))  # re-hashed, so it loads
+    spoiled = xray_classifier_bundle(tmp_path / "spoiled", golden=golden_writer(shift=0.5))  # re-hashed, so it loads
     watch, out = folders(tmp_path)
     with open(os.path.join(watch, "waiting.png"), "wb") as fh:
         fh.write(png_bytes(7))
@@ -258,10 +301,10 @@ def test_http_endpoint_on_loopback(started, png_bytes):
 
 
 def test_upload_name_is_sanitised():
-    assert svc._upload_name("name=../../etc/passwd", None) == "passwd"
-    assert svc._upload_name("name=.hidden.png", "image/png") == "upload.png"
-    assert svc._upload_name("name=a b.png", "application/dicom") == "upload.dcm"
-    assert svc._upload_name("", "application/octet-stream") == "upload"
+    assert svc.http._upload_name("name=../../etc/passwd", None) == "passwd"
+    assert svc.http._upload_name("name=.hidden.png", "image/png") == "upload.png"
+    assert svc.http._upload_name("name=a b.png", "application/dicom") == "upload.dcm"
+    assert svc.http._upload_name("", "application/octet-stream") == "upload"
 
 
 def test_sigterm_stops_gracefully_and_notifies_systemd(tmp_path, bundle, png_bytes):
@@ -301,12 +344,9 @@ def test_service_and_triton_modules_are_torch_free():
 
 def test_refused_input_is_reported_not_assessed(tmp_path, caplog):
     import cv2
-    import numpy as np
-    from jetson_helpers import LABELS
-    from tinymodels import chest_like, classifier_model, write_bundle
+    from tinymodels import chest_like
 
-    bundle = write_bundle(tmp_path / "qc", classifier_model(3), "classification", "xray", LABELS, {"covid": 0.4},
-                          positive_label="covid", golden=golden_writer(), quality={"view": "frontal"})
+    bundle = xray_classifier_bundle(tmp_path / "qc", quality={"view": "frontal"})
     watch, out = folders(tmp_path)
     service = svc.Service(svc.ServiceConfig(bundle=bundle, watch=watch, out=out, **FAST))
     service.start()
@@ -322,7 +362,7 @@ def test_refused_input_is_reported_not_assessed(tmp_path, caplog):
     assert refused["assessed"] is False and refused["outcome"] == "not assessed" and "label" not in refused
     assert refused["quality"]["reasons"][0]["reason"] == "blank_or_constant"
     with open(os.path.join(out, "film.json")) as fh:
-        assert json.load(fh)["label"] in LABELS
+        assert json.load(fh)["label"] in XRAY_LABELS
     assert listing(os.path.join(watch, "done")) == ["blank.png", "film.png"]  # an outcome, not a failure
     assert (service.processed, service.failed, service.not_assessed) == (2, 0, 1)
     assert any("not assessed (pixel standard deviation 0 below 0.02" in r.getMessage() for r in caplog.records)

@@ -4,12 +4,20 @@ import json
 import os
 
 import pytest
-from jetson_helpers import ci, make_bundle
-from tinymodels import SIZE, classifier_model, write_bundle
+from tinymodels import SIZE, classifier_model, write_bundle, xray_classifier_bundle
 
 from lungedge.runtime import triton
 from lungedge.runtime.bundle import artifact_entry, sha256_file, write_manifest
 from lungedge.runtime.errors import BundleError
+
+
+def ci():
+    return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture
+def bundle(xray_cls_bundle):
+    return xray_cls_bundle
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +159,7 @@ def test_tampered_bundle_is_refused(bundle, tmp_path):
 
 
 def test_cli(model_config, tmp_path, capsys):
-    bundle = make_bundle(tmp_path / "cli-bundle")
+    bundle = xray_classifier_bundle(tmp_path / "cli-bundle")
     repo = str(tmp_path / "repo")
     assert triton.main(["export", "triton", bundle, "--out", repo, "--max-batch", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["models"][0]["max_batch_size"] == 4
