@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from lungedge.compress import gate as G
-from lungedge.models.train import evaluate
+from lungedge.models.evaluate import evaluate
 
 RULE = ("lowest batch-1 median latency, interleaved, among candidates whose validation outputs pass the gate "
         "at the artifact's recorded threshold")

@@ -16,8 +16,7 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from lungedge.compress.errors import EngineBuildError
-from lungedge.runtime.configs import config_from_dict
+from lungedge.compress.errors import ConfigError, EngineBuildError, config_from_dict
 from lungedge.runtime.errors import BackendUnavailable
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -36,17 +35,17 @@ class EngineConfig:
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} not in {PRECISIONS}")
+            raise ConfigError(f"precision {self.precision!r} not in {PRECISIONS}")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
+            raise ConfigError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
                              f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
         if self.workspace_mib < 1:
-            raise ValueError(f"workspace_mib must be >= 1, got {self.workspace_mib}")
+            raise ConfigError(f"workspace_mib must be >= 1, got {self.workspace_mib}")
         if self.dla_core is not None:
             if int(self.dla_core) < 0:
-                raise ValueError(f"dla_core must be None or >= 0, got {self.dla_core}")
+                raise ConfigError(f"dla_core must be None or >= 0, got {self.dla_core}")
             if self.precision == "fp32":
-                raise ValueError("DLA runs FP16 and INT8 only; use precision 'fp16' or 'int8' with dla_core")
+                raise ConfigError("DLA runs FP16 and INT8 only; use precision 'fp16' or 'int8' with dla_core")
 
     @classmethod
     def from_dict(cls, d):
@@ -76,7 +75,7 @@ def builder_flags(trt_version, precision, dla_core=None, gpu_fallback=True):
     trtexec's ``--int8 --fp16``. TensorRT 11 has no precision flags (the network is strongly typed) and no DLA.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
+        raise ConfigError(f"precision {precision!r} not in {PRECISIONS}")
     major = parse_version(trt_version)[0]
     if dla_core is not None and major >= 11:
         raise BackendUnavailable(f"TensorRT {trt_version} has no DLA support (the 10.x releases of JetPack have it); "

@@ -19,8 +19,8 @@ from typing import Optional
 import numpy as np
 
 from lungedge.benchmarks import metrics as M
-from lungedge.models.train import evaluate
-from lungedge.runtime.configs import config_from_dict
+from lungedge.compress.errors import ConfigError, config_from_dict
+from lungedge.models.evaluate import evaluate
 
 MATCH_BASELINE = "match_baseline_sensitivity"
 FIXED_RULES = ("youden", "f2", MATCH_BASELINE)
@@ -41,10 +41,10 @@ class GateConfig:
         for name in ("auc_drop", "sensitivity_drop", "specificity_drop", "macro_auc_drop", "dice_drop"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ValueError(f"gate {name} must be a number or null, got {value!r}")
+                raise ConfigError(f"gate {name} must be a number or null, got {value!r}")
         rule = self.threshold_rule
         if rule not in FIXED_RULES and not (isinstance(rule, str) and rule.startswith("sensitivity>=")):
-            raise ValueError(f"threshold_rule {rule!r} is not one of {FIXED_RULES} or 'sensitivity>=x'")
+            raise ConfigError(f"threshold_rule {rule!r} is not one of {FIXED_RULES} or 'sensitivity>=x'")
 
     @classmethod
     def from_dict(cls, d):
@@ -114,7 +114,7 @@ def fit_threshold(spec, outputs, targets, rule, baseline=None):
 
 
 def measure(spec, outputs, targets, rule="youden", baseline=None):
-    """Validation metrics (``models.train.evaluate``) at the threshold fitted by ``rule``."""
+    """Validation metrics (``models.evaluate.evaluate``) at the threshold fitted by ``rule``."""
     threshold = fit_threshold(spec, outputs, targets, rule, baseline)
     return evaluate(spec, outputs, targets, threshold=threshold)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from lungedge.models.errors import TrainConfigError
 from lungedge.runtime.datasets import read_manifest_csv, select
 from lungedge.runtime.io.image import read_image
 from lungedge.runtime.preprocess import preprocess
@@ -41,7 +42,7 @@ class TaskDataset(Dataset):
         self.size = size
         steps = steps or spec.steps(size)
         if crop is not None and spec.kind != "classification":
-            raise ValueError("a lung crop applies to classification images only")
+            raise TrainConfigError("a lung crop applies to classification images only; pass crop=None for masks")
         self.images = np.zeros((len(self.records), 1, size, size), np.float32)
         self.targets = []
         for i, rec in enumerate(progress(self.records) if progress else self.records):
@@ -73,6 +74,19 @@ def load_split(data_dir, spec, split, size, progress=None, steps=None, crop=None
     else:
         records = [r for r in records if r.mask]
     return TaskDataset(records, spec, size, progress, steps=steps, crop=crop)
+
+
+def source_balanced_weights(sources, targets, power=0.5):
+    """Per-sample weights giving each (source, label) cell a share proportional to count**power.
+
+    power 0 equalises the cells (tiny cells would then be repeated endlessly), 1 is plain shuffling; 0.5
+    shrinks the large cells that carry a source shortcut (one source, one label) without overfitting the few
+    images of a small cell.
+    """
+    cells = list(zip(sources, np.asarray(targets).tolist()))
+    counts = {c: cells.count(c) for c in set(cells)}
+    w = np.array([counts[c] ** power / counts[c] for c in cells], np.float64)
+    return w / w.sum()
 
 
 # Augmentation strengths for ``augment`` (plain data; the train config names one).
@@ -125,3 +139,15 @@ def augment(images, masks=None, generator=None, max_rotate=10.0, scale=(0.9, 1.1
         return out, None
     m = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out, m[:, 0].to(masks.dtype)
+
+
+class BatchAugment:
+    """``(images, targets) -> (images, targets)``: ``augment`` at a named level; masks follow, labels pass."""
+
+    def __init__(self, level, generator):
+        self.options, self.generator = AUGMENT_LEVELS[level], generator
+
+    def __call__(self, images, targets):
+        images, masks = augment(images, targets if targets.ndim == 3 else None, generator=self.generator,
+                                **self.options)
+        return images, targets if masks is None else masks

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from lungedge.models.errors import TrainConfigError, UnknownTask
 from lungedge.runtime.preprocess import ct_steps, xray_steps
 
 
@@ -19,7 +20,7 @@ class TaskSpec:
         """Preprocessing steps (runtime.preprocess) for a square input of side ``size``; ``equalize`` adds
         histogram equalisation (X-ray only)."""
         if equalize and self.modality != "xray":
-            raise ValueError("histogram equalisation (equalize) is an X-ray option")
+            raise TrainConfigError("histogram equalisation (equalize) is an X-ray option; leave it off for CT")
         return xray_steps(size, equalize) if self.modality == "xray" else ct_steps(size)
 
     @property
@@ -37,6 +38,7 @@ TASKS = {
 
 
 def task(name):
+    """The TaskSpec of a task name."""
     if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+        raise UnknownTask(f"unknown task {name!r}; use one of {sorted(TASKS)}")
     return TASKS[name]
