@@ -16,7 +16,7 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from lungedge.compress.errors import ConfigError, EngineBuildError, config_from_dict
+from lungedge.compress.errors import CompressError, ConfigError, EngineBuildError, config_from_dict
 from lungedge.runtime.errors import BackendUnavailable
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -253,3 +253,46 @@ def build_engine(onnx_path, engine_path, config, input_name="image", input_hw=No
             "opt_batch": config.opt_batch, "max_batch": config.max_batch, "input_name": input_name,
             "input_hw": [int(v) for v in input_hw],
             "builder_flags": builder_flags(version, config.precision, config.dla_core, config.gpu_fallback)}
+
+
+# --- the engine stage: a plan added to a finished bundle, on the target ------------------------------------
+
+
+def engine_source(manifest, precision, trt_major):
+    """Artifact key an engine of ``precision`` builds from: the TensorRT QDQ model for INT8, else FP32 ONNX
+    (the FP16 ONNX on TensorRT 11+, which builds the precision the ONNX types say)."""
+    arts = manifest["artifacts"]
+    if precision == "int8":
+        keys = [k for k, a in arts.items() if a["backend"] == "tensorrt-source" and a["precision"] == "int8"]
+        if not keys:
+            raise CompressError("an INT8 engine builds from the TensorRT QDQ model (artifact onnx-int8-trt); this "
+                                "bundle has none: compress with a recipe quantizing flavour 'tensorrt'")
+        return keys[0]
+    if precision == "fp16" and trt_major >= 11:
+        if "onnx-fp16" not in arts:
+            raise CompressError("TensorRT 11+ builds FP16 from an FP16 ONNX model; compress with fp16: true")
+        return "onnx-fp16"
+    return "onnx-fp32"
+
+
+def build_engine_into_bundle(bundle_dir, precision, dla_core=None, timing_cache=None, max_batch=8, workspace_mib=1024):
+    """Build a TensorRT plan from the bundle's matching ONNX artifact and add it (with its fingerprint)."""
+    from lungedge.runtime.bundle import Bundle, artifact_entry, write_manifest
+
+    trt = import_tensorrt()
+    bundle = Bundle.load(bundle_dir)
+    manifest = bundle.manifest
+    source = engine_source(manifest, precision, parse_version(trt.__version__)[0])
+    config = EngineConfig(precision=precision, dla_core=dla_core, timing_cache=timing_cache,
+                          max_batch=max_batch, opt_batch=1, workspace_mib=workspace_mib)
+    key = f"trt-{precision}" + (f"-dla{dla_core}" if dla_core is not None else "")
+    filename = f"model-{precision}" + (f"-dla{dla_core}" if dla_core is not None else "") + ".plan"
+    fingerprint = build_engine(bundle.path_of(source), os.path.join(bundle.root, filename), config,
+                               input_hw=bundle.input_size)
+    extra = {k: v for k, v in fingerprint.items() if k != "precision"}
+    extra.update(source=source, engine_config=dataclasses.asdict(config))
+    if "threshold" in manifest["artifacts"][source]:
+        extra["threshold"] = manifest["artifacts"][source]["threshold"]
+    manifest["artifacts"][key] = artifact_entry(bundle.root, filename, "plan", precision, "tensorrt", **extra)
+    write_manifest(bundle.root, manifest)
+    return key
