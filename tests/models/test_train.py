@@ -109,7 +109,7 @@ def test_augment_levels_keep_shapes_and_masks_aligned():
     x = torch.randn(4, 1, 32, 32)
     m = (torch.rand(4, 32, 32) > 0.5).to(torch.uint8)
     for level in AUGMENT_LEVELS.values():
-        y, m2 = augment(x, m, generator=g, **level)
+        y, m2 = augment(x, m, generator=g, level=level)
         assert y.shape == x.shape and m2.shape == m.shape and torch.isfinite(y).all()
         assert set(m2.unique().tolist()) <= {0, 1}
 
