@@ -1,8 +1,10 @@
 """INT8 calibration data: real training images run through the bundle's own preprocessing steps.
 
-``CalibrationReader`` is an onnxruntime ``CalibrationDataReader`` (``get_next() -> {input_name: (B, 1, H, W)}``
-or None, ``rewind()``), so ``quantize_static`` takes it as is, and ``batches()`` yields the same arrays for a
-TensorRT calibrator: both quantizers see identical inputs, preprocessed exactly as at the bedside.
+``CalibrationReader`` is the one calibration reader of the kit: an onnxruntime ``CalibrationDataReader``
+(``get_next() -> {input_name: (B, 1, H, W)}`` or None, ``rewind()``), so ``quantize_static`` takes it as is,
+``batches()`` yields the same arrays for a TensorRT calibrator, and ``head(n)`` feeds the quantization
+sensitivity ranking its first images: every consumer sees identical inputs, preprocessed exactly as at the
+bedside. ``training_reader`` builds it over the train split of a dev-pack folder for a task.
 
 It takes image files only, as paths or dataset ``Record``s. Arrays, tensors and existing readers are refused
 (random or synthetic calibration data gives scales that fit no patient), as are records of a split other than
@@ -11,6 +13,7 @@ bundle manifest records under ``provenance.calibration``: the count, the split a
 names (never the names themselves: they can carry patient identifiers).
 """
 
+import copy
 import hashlib
 import math
 import os
@@ -19,7 +22,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from lungedge.compress.errors import CalibrationError
-from lungedge.runtime.datasets import Record
+from lungedge.runtime.datasets import Record, read_manifest_csv, select
 from lungedge.runtime.errors import InputError
 from lungedge.runtime.preprocess import check_steps, preprocess
 
@@ -72,7 +75,7 @@ class CalibrationReader(CalibrationDataReader):
             raise CalibrationError("calibration builds its inputs from image files; an existing reader or feed dict "
                                    "is refused")
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise CalibrationError(f"batch_size must be >= 1, got {batch_size}")
         if limit is not None and int(limit) < MIN_IMAGES:
             raise CalibrationError(f"limit {limit} is below the {MIN_IMAGES}-image minimum for calibration")
         steps = [dict(s) for s in steps]
@@ -169,6 +172,13 @@ class CalibrationReader(CalibrationDataReader):
             self._bar = None
         self._iter = None
 
+    def head(self, n_images):
+        """A reader of the first ``n_images`` only: the same order and batches, rewound, without a progress bar."""
+        view = copy.copy(self)
+        view.names, view.paths = self.names[:int(n_images)], self.paths[:int(n_images)]
+        view.progress, view._iter, view._bar = False, None, None
+        return view
+
     def files_sha256(self):
         """sha256 of the sorted file names (relative to their common folder), one per line."""
         return hashlib.sha256("\n".join(sorted(self.names)).encode("utf-8")).hexdigest()
@@ -178,3 +188,18 @@ class CalibrationReader(CalibrationDataReader):
         split = "+".join(self.splits_used + (["unrecorded"] if self.has_unsplit else []))
         return {"count": self.count, "files_sha256": self.files_sha256(), "split": split,
                 "batch_size": self.batch_size, "input_name": self.input_name}
+
+
+def training_reader(data_dir, spec, steps, input_name, limit=None, crop=None):
+    """A progress-reporting reader (batches of 8) over the train split of ``data_dir`` that ``spec`` uses.
+
+    Classification takes the images whose label is one of the task's, segmentation the images with a mask
+    (the records ``models.data.load_split`` trains on).
+    """
+    records = select(read_manifest_csv(data_dir), split="train")
+    if spec.kind == "classification":
+        records = [r for r in records if r.label in spec.labels]
+    else:
+        records = [r for r in records if r.mask]
+    return CalibrationReader(records, steps, input_name=input_name, batch_size=8, limit=limit, progress=True,
+                             crop=crop)

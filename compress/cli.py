@@ -6,11 +6,11 @@ Flags only map onto the recipe (the recipe file stays the record of what was don
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 
+from lungedge.compress.engine import engine_source  # noqa: F401 - jetson/build_engine.sh imports it from here
 from lungedge.runtime.errors import LungedgeError
 
 
@@ -118,25 +118,6 @@ def cmd_export(argv):
     return 0
 
 
-def engine_source(manifest, precision, trt_major):
-    """Artifact key an engine of ``precision`` builds from: the TensorRT QDQ model for INT8, else FP32 ONNX
-    (the FP16 ONNX on TensorRT 11+, which builds the precision the ONNX types say)."""
-    from lungedge.compress.errors import CompressError
-
-    arts = manifest["artifacts"]
-    if precision == "int8":
-        keys = [k for k, a in arts.items() if a["backend"] == "tensorrt-source" and a["precision"] == "int8"]
-        if not keys:
-            raise CompressError("an INT8 engine builds from the TensorRT QDQ model (artifact onnx-int8-trt); this "
-                                "bundle has none: compress with a recipe quantizing flavour 'tensorrt'")
-        return keys[0]
-    if precision == "fp16" and trt_major >= 11:
-        if "onnx-fp16" not in arts:
-            raise CompressError("TensorRT 11+ builds FP16 from an FP16 ONNX model; compress with fp16: true")
-        return "onnx-fp16"
-    return "onnx-fp32"
-
-
 def cmd_engine(argv):
     p = argparse.ArgumentParser(prog="lungedge engine", description="Build a TensorRT engine into a bundle.")
     p.add_argument("action", choices=["build"])
@@ -147,6 +128,8 @@ def cmd_engine(argv):
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--workspace-mib", type=int, default=1024)
     args = p.parse_args(argv)
+    from lungedge.compress.engine import build_engine_into_bundle
+
     try:
         key = build_engine_into_bundle(args.bundle, args.precision, dla_core=args.dla_core,
                                        timing_cache=args.timing_cache, max_batch=args.max_batch,
@@ -156,30 +139,6 @@ def cmd_engine(argv):
         return 2
     print(f"lungedge engine: added {key} to {args.bundle}")
     return 0
-
-
-def build_engine_into_bundle(bundle_dir, precision, dla_core=None, timing_cache=None, max_batch=8, workspace_mib=1024):
-    """Build a TensorRT plan from the bundle's matching ONNX artifact and add it (with its fingerprint)."""
-    from lungedge.compress.engine import EngineConfig, build_engine, import_tensorrt, parse_version
-    from lungedge.runtime.bundle import Bundle, artifact_entry, write_manifest
-
-    trt = import_tensorrt()
-    bundle = Bundle.load(bundle_dir)
-    manifest = bundle.manifest
-    source = engine_source(manifest, precision, parse_version(trt.__version__)[0])
-    config = EngineConfig(precision=precision, dla_core=dla_core, timing_cache=timing_cache,
-                          max_batch=max_batch, opt_batch=1, workspace_mib=workspace_mib)
-    key = f"trt-{precision}" + (f"-dla{dla_core}" if dla_core is not None else "")
-    filename = f"model-{precision}" + (f"-dla{dla_core}" if dla_core is not None else "") + ".plan"
-    fingerprint = build_engine(bundle.path_of(source), os.path.join(bundle.root, filename), config,
-                               input_hw=bundle.input_size)
-    extra = {k: v for k, v in fingerprint.items() if k != "precision"}
-    extra.update(source=source, engine_config=dataclasses.asdict(config))
-    if "threshold" in manifest["artifacts"][source]:
-        extra["threshold"] = manifest["artifacts"][source]["threshold"]
-    manifest["artifacts"][key] = artifact_entry(bundle.root, filename, "plan", precision, "tensorrt", **extra)
-    write_manifest(bundle.root, manifest)
-    return key
 
 
 COMMANDS = {"compress": cmd_compress, "export": cmd_export, "engine": cmd_engine}

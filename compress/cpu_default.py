@@ -13,11 +13,12 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from lungedge.compress import gate as G
-from lungedge.models.train import evaluate
+from lungedge.models.evaluate import evaluate
 
 RULE = ("lowest batch-1 median latency, interleaved, among candidates whose validation outputs pass the gate "
         "at the artifact's recorded threshold")
@@ -91,16 +92,39 @@ def thread_options(threads=None):
     return tuple(sorted({1, os.cpu_count() or 1}))
 
 
-def choose_cpu_default(spec, baseline_val, val_images, val_targets, gate_config, paths, artifacts, threads=None,
-                       rounds=50, ov_precisions=None, cache_dir=None):
+@dataclass(frozen=True)
+class GateData:
+    """What a candidate is gated on: the task, the baseline's validation metrics, the validation set, the gate."""
+
+    spec: object  # runtime.tasks.TaskSpec
+    baseline_val: dict
+    images: object  # (N, 1, H, W) float32 validation inputs
+    targets: object
+    gate: object  # compress.gate.GateConfig
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How candidates are timed: ``threads`` None times every count of ``thread_options`` and keeps the fastest;
+    ``ov_precisions`` None tries what this machine's OpenVINO can run."""
+
+    threads: int = None
+    rounds: int = 50
+    ov_precisions: tuple = None
+    cache_dir: str = None
+
+
+def choose_cpu_default(data, paths, artifacts, timing=Timing()):
     """Gate, time and pick; returns the ``cpu_default`` manifest record.
 
-    paths: artifact key -> ONNX file. artifacts: the manifest's artifact entries (their ``threshold`` is the one
-    each candidate is gated at). ov_precisions: OpenVINO precisions to try (default: what this machine can run).
-    threads: the thread count to use; None times every count of ``thread_options`` and records the fastest.
+    data: a ``GateData``. paths: artifact key -> ONNX file. artifacts: the manifest's artifact entries (their
+    ``threshold`` is the one each candidate is gated at). timing: a ``Timing``.
     """
-    ov_precisions = openvino_precisions() if ov_precisions is None else tuple(ov_precisions)
-    counts = thread_options(threads)
+    spec, baseline_val, val_images, val_targets, gate_config = (data.spec, data.baseline_val, data.images,
+                                                                data.targets, data.gate)
+    rounds, cache_dir = timing.rounds, timing.cache_dir
+    ov_precisions = openvino_precisions() if timing.ov_precisions is None else tuple(timing.ov_precisions)
+    counts = thread_options(timing.threads)
     measured, timed = [], {}
     try:
         for key, backend, precision in candidates(artifacts, ov_precisions):
@@ -140,14 +164,14 @@ def choose_cpu_default(spec, baseline_val, val_images, val_targets, gate_config,
             "rule": RULE, "candidates": measured}
 
 
-def choose_for_bundle(run, bundle_dir, artifacts, golden, golden_images, reference_outputs, rounds=50):
+def choose_for_bundle(run, bundle_dir, artifacts, golden, golden_images, reference_outputs):
     """``choose_cpu_default`` for a bundle being assembled (pipeline ``run``); adds a "bf16" golden tolerance,
     measured on the golden inputs, when a BF16 candidate passed the gate (``lungedge selftest`` needs it)."""
     import os
 
     paths = {k: os.path.join(bundle_dir, a["path"]) for k, a in artifacts.items()}
-    record = choose_cpu_default(run.spec, run.baseline_val, run.val_ds.images, run.val_ds.targets, run.recipe.gate,
-                                paths, artifacts, threads=run.threads, rounds=rounds)  # None: 1 and all CPUs
+    data = GateData(run.spec, run.baseline_val, run.val_ds.images, run.val_ds.targets, run.recipe.gate)
+    record = choose_cpu_default(data, paths, artifacts, Timing(threads=run.threads))  # None: 1, all CPUs
     bf16 = [c for c in record["candidates"] if c["inference_precision"] == "bf16" and c["gate_passed"]]
     if bf16:
         diffs = []

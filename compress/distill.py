@@ -3,12 +3,12 @@
 Classifiers learn soft targets, ``KL(softmax(teacher/T) || softmax(student/T)) * T^2`` (Hinton et al. 2015),
 weighted ``alpha``, plus ``1 - alpha`` of the class-balanced cross-entropy on the true labels. Segmenters
 learn the teacher's per-pixel probabilities (BCE against ``sigmoid(teacher/T)``, or MSE on the logits),
-plus the baseline's BCE + soft DICE against the ground truth (``models.train.segmentation_loss``).
+plus the baseline's BCE + soft DICE against the ground truth (``models.losses.segmentation_loss``).
 
 The teacher sees exactly the (augmented) batch the student sees, so its logits are computed per batch; without
 augmentation they are computed once per image and reused. A teacher trained at another input size gets the
 batch resized to its own size (segmentation logits are resized back). Early stopping watches the validation
-score of ``models.train.evaluate``; the best weights are restored at the end.
+score of ``models.evaluate.evaluate``; the best weights are restored at the end.
 """
 
 import copy
@@ -22,16 +22,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from lungedge.models.data import AUGMENT_LEVELS, augment
-from lungedge.models.train import (
-    class_weights,
-    evaluate,
-    make_optimizer,
-    predict,
-    segmentation_loss,
-    source_balanced_weights,
-)
-from lungedge.runtime.configs import config_from_dict
+from lungedge.compress.errors import ConfigError, config_from_dict
+from lungedge.models.data import AUGMENT_LEVELS, BatchAugment, source_balanced_weights
+from lungedge.models.evaluate import evaluate, predict
+from lungedge.models.losses import class_weights, segmentation_loss
+from lungedge.models.optim import Stepper, make_optimizer
 
 SEG_KD_MODES = ("bce", "mse")
 
@@ -46,7 +41,7 @@ class DistillConfig:
     patience: int = 5
     augment: bool = True
     augment_level: str = "standard"  # a key of models.data.AUGMENT_LEVELS
-    balance: str = ""  # "source": the baseline's source-balanced sampling (models.train.source_balanced_weights)
+    balance: str = ""  # "source": the baseline's source-balanced sampling (models.data.source_balanced_weights)
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
     seg_kd: str = "bce"  # "bce": BCE against the teacher's probabilities; "mse": MSE on the logits
@@ -55,21 +50,21 @@ class DistillConfig:
 
     def __post_init__(self):
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+            raise ConfigError(f"alpha must lie in [0, 1], got {self.alpha}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ValueError("epochs, batch_size and patience must be >= 1")
+            raise ConfigError("epochs, batch_size and patience must be >= 1")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.seg_kd not in SEG_KD_MODES:
-            raise ValueError(f"seg_kd {self.seg_kd!r} not in {SEG_KD_MODES}")
+            raise ConfigError(f"seg_kd {self.seg_kd!r} not in {SEG_KD_MODES}")
         if self.steps_per_epoch < 0:
-            raise ValueError("steps_per_epoch must be >= 0 (0 = the whole split)")
+            raise ConfigError("steps_per_epoch must be >= 0 (0 = the whole split)")
         if self.augment_level not in AUGMENT_LEVELS:
-            raise ValueError(f"augment_level {self.augment_level!r} not in {sorted(AUGMENT_LEVELS)}")
+            raise ConfigError(f"augment_level {self.augment_level!r} not in {sorted(AUGMENT_LEVELS)}")
         if self.balance not in ("", "source"):
-            raise ValueError(f"balance {self.balance!r} not in ['', 'source']")
+            raise ConfigError(f"balance {self.balance!r} not in ['', 'source']")
 
     @classmethod
     def from_dict(cls, d):
@@ -161,11 +156,13 @@ def distill(teacher, student, spec, train_ds, val_ds, config, teacher_size=None,
     opt, sched = make_optimizer(student, config, steps)
     weights = (class_weights(train_ds.targets, len(spec.labels), sample_weights)
                if spec.kind == "classification" else None)
+    teaching = _Teaching(teacher, teacher_size, spec.kind, config, weights,
+                         BatchAugment(config.augment_level, gen) if config.augment else None)
+    stepper = Stepper(opt, sched)
     best_score, best_state, best_epoch, bad, history = -np.inf, None, 0, 0, []
     t0 = time.time()
     for epoch in range(config.epochs):
-        loss = _kd_epoch(teacher, student, loader, opt, sched, spec.kind, config, weights, teacher_size, gen,
-                         steps, f"{desc} {epoch + 1}/{config.epochs}")
+        loss = _kd_epoch(teaching, student, loader, stepper, steps, f"{desc} {epoch + 1}/{config.epochs}")
         val = evaluate(spec, predict(student, val_ds), val_ds.targets)
         history.append({"epoch": epoch + 1, "loss": round(loss, 5), "val_score": round(val["score"], 5)})
         tqdm.write(f"[{desc}] epoch {epoch + 1}: loss={loss:.4f} val_score={val['score']:.4f}")
@@ -184,7 +181,19 @@ def distill(teacher, student, spec, train_ds, val_ds, config, teacher_size=None,
     return student.eval(), report
 
 
-def _kd_epoch(teacher, student, loader, opt, sched, kind, config, weights, teacher_size, gen, steps, desc):
+@dataclass(frozen=True)
+class _Teaching:
+    """What one distillation run holds fixed: the teacher, the loss settings and the batch augmentation."""
+
+    teacher: object
+    teacher_size: object
+    kind: str
+    config: DistillConfig
+    weights: object  # class weights of the hard term (classification) or None
+    augment_batch: object  # models.data.BatchAugment or None
+
+
+def _kd_epoch(teaching, student, loader, stepper, steps, desc):
     """One pass (at most ``steps`` batches); returns the mean loss."""
     student.train()
     total, n = 0.0, 0
@@ -195,15 +204,11 @@ def _kd_epoch(teacher, student, loader, opt, sched, kind, config, weights, teach
             x, y, t_out = batch
         else:
             x, y = batch
-            if config.augment:
-                x, y2 = augment(x, y if y.ndim == 3 else None, generator=gen, **AUGMENT_LEVELS[config.augment_level])
-                y = y if y2 is None else y2
-            t_out = teacher_logits(teacher, x, teacher_size)
-        loss = kd_loss(kind, student(x), t_out, y, config, weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+            if teaching.augment_batch is not None:
+                x, y = teaching.augment_batch(x, y)
+            t_out = teacher_logits(teaching.teacher, x, teaching.teacher_size)
+        loss = kd_loss(teaching.kind, student(x), t_out, y, teaching.config, teaching.weights)
+        stepper.step(loss)
         total += float(loss.detach()) * len(x)
         n += len(x)
     return total / max(n, 1)

@@ -16,10 +16,9 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from lungedge.compress.errors import EngineBuildError
-from lungedge.runtime.configs import config_from_dict
+from lungedge.compress.errors import CompressError, ConfigError, EngineBuildError, config_from_dict
 from lungedge.runtime.enums import Precision
-from lungedge.runtime.errors import BackendUnavailable, ConfigError
+from lungedge.runtime.errors import BackendUnavailable
 
 PRECISIONS = Precision.values()
 
@@ -39,15 +38,15 @@ class EngineConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"engine precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
+            raise ConfigError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
                              f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
         if self.workspace_mib < 1:
-            raise ValueError(f"workspace_mib must be >= 1, got {self.workspace_mib}")
+            raise ConfigError(f"workspace_mib must be >= 1, got {self.workspace_mib}")
         if self.dla_core is not None:
             if int(self.dla_core) < 0:
-                raise ValueError(f"dla_core must be None or >= 0, got {self.dla_core}")
+                raise ConfigError(f"dla_core must be None or >= 0, got {self.dla_core}")
             if self.precision == "fp32":
-                raise ValueError("DLA runs FP16 and INT8 only; use precision 'fp16' or 'int8' with dla_core")
+                raise ConfigError("DLA runs FP16 and INT8 only; use precision 'fp16' or 'int8' with dla_core")
 
     @classmethod
     def from_dict(cls, d):
@@ -255,3 +254,46 @@ def build_engine(onnx_path, engine_path, config, input_name="image", input_hw=No
             "opt_batch": config.opt_batch, "max_batch": config.max_batch, "input_name": input_name,
             "input_hw": [int(v) for v in input_hw],
             "builder_flags": builder_flags(version, config.precision, config.dla_core, config.gpu_fallback)}
+
+
+# --- the engine stage: a plan added to a finished bundle, on the target ------------------------------------
+
+
+def engine_source(manifest, precision, trt_major):
+    """Artifact key an engine of ``precision`` builds from: the TensorRT QDQ model for INT8, else FP32 ONNX
+    (the FP16 ONNX on TensorRT 11+, which builds the precision the ONNX types say)."""
+    arts = manifest["artifacts"]
+    if precision == "int8":
+        keys = [k for k, a in arts.items() if a["backend"] == "tensorrt-source" and a["precision"] == "int8"]
+        if not keys:
+            raise CompressError("an INT8 engine builds from the TensorRT QDQ model (artifact onnx-int8-trt); this "
+                                "bundle has none: compress with a recipe quantizing flavour 'tensorrt'")
+        return keys[0]
+    if precision == "fp16" and trt_major >= 11:
+        if "onnx-fp16" not in arts:
+            raise CompressError("TensorRT 11+ builds FP16 from an FP16 ONNX model; compress with fp16: true")
+        return "onnx-fp16"
+    return "onnx-fp32"
+
+
+def build_engine_into_bundle(bundle_dir, precision, dla_core=None, timing_cache=None, max_batch=8, workspace_mib=1024):
+    """Build a TensorRT plan from the bundle's matching ONNX artifact and add it (with its fingerprint)."""
+    from lungedge.runtime.bundle import Bundle, artifact_entry, write_manifest
+
+    trt = import_tensorrt()
+    bundle = Bundle.load(bundle_dir)
+    manifest = bundle.manifest
+    source = engine_source(manifest, precision, parse_version(trt.__version__)[0])
+    config = EngineConfig(precision=precision, dla_core=dla_core, timing_cache=timing_cache,
+                          max_batch=max_batch, opt_batch=1, workspace_mib=workspace_mib)
+    key = f"trt-{precision}" + (f"-dla{dla_core}" if dla_core is not None else "")
+    filename = f"model-{precision}" + (f"-dla{dla_core}" if dla_core is not None else "") + ".plan"
+    fingerprint = build_engine(bundle.path_of(source), os.path.join(bundle.root, filename), config,
+                               input_hw=bundle.input_size)
+    extra = {k: v for k, v in fingerprint.items() if k != "precision"}
+    extra.update(source=source, engine_config=dataclasses.asdict(config))
+    if "threshold" in manifest["artifacts"][source]:
+        extra["threshold"] = manifest["artifacts"][source]["threshold"]
+    manifest["artifacts"][key] = artifact_entry(bundle.root, filename, "plan", precision, "tensorrt", **extra)
+    write_manifest(bundle.root, manifest)
+    return key

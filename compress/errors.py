@@ -1,5 +1,6 @@
 """Typed errors of the compression side: each says what was wrong and what to do."""
 
+from lungedge.runtime.errors import ConfigError as RuntimeConfigError
 from lungedge.runtime.errors import LungedgeError
 
 
@@ -19,7 +20,11 @@ class CompressError(LungedgeError):
     """A compression run (distill, prune, quantize, gate, bundle) cannot go on."""
 
 
-class RecipeError(CompressError, ValueError):
+class ConfigError(CompressError, RuntimeConfigError):
+    """A config (a recipe section, an engine build setting) holds an unknown key or an impossible value."""
+
+
+class RecipeError(ConfigError):
     """A recipe file is unreadable or holds an unknown key, a wrong type or an inconsistent setting."""
 
 
@@ -29,3 +34,15 @@ class GateFailed(CompressError):
     def __init__(self, message, report=None):
         super().__init__(message)
         self.report = report or {}
+
+
+def config_from_dict(cls, data):
+    """``cls(**data)`` refusing keys ``cls`` does not declare, as ConfigError (a ValueError)."""
+    from lungedge.runtime.configs import config_from_dict as plain
+
+    try:
+        return plain(cls, data)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; remove or rename them") from None

@@ -3,24 +3,25 @@
 Each variant's operating threshold is re-fitted on validation by the recipe's rule (never on test), then the
 drops ``baseline - variant`` of AUC, sensitivity and specificity (classification) or mean DICE (segmentation)
 are compared with the tolerances. A verdict carries every number it was decided on, so a bundle's manifest and
-a failure report can show why a variant passed or was refused.
+a failure report can show why a variant passed or was refused. Which nodes to keep in float when INT8 fails
+is ``compress.sensitivity``'s job.
 
-Threshold rules: ``youden``, ``f2``, ``sensitivity>=x`` (``benchmarks.metrics.fit_threshold``) and
+Threshold rules: ``youden``, ``f2``, ``sensitivity>=x`` (``lungedge.metrics.fit_threshold``) and
 ``match_baseline_sensitivity``: the highest threshold whose validation sensitivity reaches the baseline's,
 so the variant pays for compression in specificity, never silently in missed cases.
 """
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from lungedge import metrics as M
-from lungedge.models.train import evaluate
-from lungedge.runtime.configs import config_from_dict
+from lungedge.compress.errors import ConfigError, config_from_dict
+from lungedge.models.evaluate import evaluate
+from lungedge.runtime.predictor import sigmoid, softmax
 
 MATCH_BASELINE = "match_baseline_sensitivity"
 FIXED_RULES = ("youden", "f2", MATCH_BASELINE)
@@ -41,10 +42,10 @@ class GateConfig:
         for name in ("auc_drop", "sensitivity_drop", "specificity_drop", "macro_auc_drop", "dice_drop"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ValueError(f"gate {name} must be a number or null, got {value!r}")
+                raise ConfigError(f"gate {name} must be a number or null, got {value!r}")
         rule = self.threshold_rule
         if rule not in FIXED_RULES and not (isinstance(rule, str) and rule.startswith("sensitivity>=")):
-            raise ValueError(f"threshold_rule {rule!r} is not one of {FIXED_RULES} or 'sensitivity>=x'")
+            raise ConfigError(f"threshold_rule {rule!r} is not one of {FIXED_RULES} or 'sensitivity>=x'")
 
     @classmethod
     def from_dict(cls, d):
@@ -83,11 +84,9 @@ def probabilities(logits):
     """Softmax over classes for (N, C) logits; foreground sigmoid (N, H, W) for (N, 1, H, W) segmentation."""
     logits = np.asarray(logits, np.float64)
     if logits.ndim == 2:
-        z = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return softmax(logits, axis=1).astype(np.float32)
     if logits.ndim == 4:
-        return (1.0 / (1.0 + np.exp(-logits[:, 0]))).astype(np.float32)
+        return sigmoid(logits[:, 0]).astype(np.float32)
     raise ValueError(f"expected (N, C) or (N, 1, H, W) logits, got shape {logits.shape}")
 
 
@@ -114,7 +113,7 @@ def fit_threshold(spec, outputs, targets, rule, baseline=None):
 
 
 def measure(spec, outputs, targets, rule="youden", baseline=None):
-    """Validation metrics (``models.train.evaluate``) at the threshold fitted by ``rule``."""
+    """Validation metrics (``models.evaluate.evaluate``) at the threshold fitted by ``rule``."""
     threshold = fit_threshold(spec, outputs, targets, rule, baseline)
     return evaluate(spec, outputs, targets, threshold=threshold)
 
@@ -145,117 +144,3 @@ def gate(spec, baseline_val, outputs, targets, config, name="variant"):
     """Measure a variant's validation ``outputs`` (probabilities) and judge it against ``baseline_val``."""
     variant = measure(spec, outputs, targets, config.threshold_rule, baseline=baseline_val)
     return judge(spec.kind, baseline_val, variant, config, name)
-
-
-# --- back-off helpers: which nodes to keep in float when INT8 fails the gate ------------------------------
-
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# Ops that pass a tensor on without mixing channels: a quantized tensor after them still belongs to the conv.
-PASS_THROUGH_OPS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "MaxPool", "AveragePool", "Flatten", "Reshape")
-
-
-def io_nodes(onnx_path):
-    """Names of the first weighted node (the stem conv) and the last (the head), in graph order."""
-    import onnx
-
-    nodes = [n.name for n in onnx.load(onnx_path, load_external_data=False).graph.node if n.op_type in WEIGHTED_OPS]
-    return list(dict.fromkeys(nodes[:1] + nodes[-1:]))
-
-
-class _FirstBatches:
-    """The first ``n_images`` of a CalibrationReader as an onnxruntime CalibrationDataReader."""
-
-    def __init__(self, reader, n_images):
-        self.reader, self.n_images = reader, n_images
-        self.rewind()
-
-    def rewind(self):
-        self._batches, self._seen = self.reader.batches(), 0
-
-    def get_next(self):
-        if self._seen >= self.n_images:
-            return None
-        batch = next(self._batches, None)
-        if batch is None:
-            return None
-        batch = batch[:self.n_images - self._seen]
-        self._seen += len(batch)
-        return {self.reader.input_name: batch}
-
-    def __iter__(self):
-        item = self.get_next()
-        while item is not None:
-            yield item
-            item = self.get_next()
-
-
-def _weighted_owner(graph):
-    """tensor name -> weighted nodes whose quantization noise it carries (upstream producer, downstream users)."""
-    producer = {o: n for n in graph.node for o in n.output}
-    owners = {}
-    for node in graph.node:
-        for tensor in list(node.input) + list(node.output):
-            owners.setdefault(tensor, set())
-    for tensor in owners:
-        node = producer.get(tensor)
-        while node is not None and node.op_type in PASS_THROUGH_OPS and node.input:
-            node = producer.get(node.input[0])
-        if node is not None and node.op_type in WEIGHTED_OPS:
-            owners[tensor].add(node.name)
-    for node in graph.node:
-        if node.op_type in WEIGHTED_OPS and node.input:
-            owners.setdefault(node.input[0], set()).add(node.name)
-    return owners
-
-
-def rank_sensitive_nodes(fp32_path, qdq_path, reader, n_images, work_dir):
-    """Weighted nodes ordered by the quantization noise at their activations, noisiest (lowest SQNR) first.
-
-    Runs the FP32 and the QDQ model with every intermediate tensor as an output on ``n_images`` real calibration
-    images (onnxruntime's ``qdq_loss_debug``) and scores each tensor by the SQNR of its own Q/DQ step. Returns
-    ``{"nodes": [...], "ranking": [{"node", "sqnr_db"}, ...]}``, plus ``"error"`` (and no nodes) when the
-    debugging tools cannot handle the graph, so that the back-off goes on without this level.
-    """
-    import onnx
-    from onnxruntime.quantization import qdq_loss_debug as qd
-
-    try:
-        aug_float = os.path.join(work_dir, "sensitivity-float.onnx")
-        aug_qdq = os.path.join(work_dir, "sensitivity-qdq.onnx")
-        qd.modify_model_output_intermediate_tensors(fp32_path, aug_float)
-        qd.modify_model_output_intermediate_tensors(qdq_path, aug_qdq)
-        feed = _FirstBatches(reader, n_images)
-        float_acts = qd.collect_activations(aug_float, feed)
-        feed.rewind()
-        qdq_acts = qd.collect_activations(aug_qdq, feed)
-        matches = qd.create_activation_matching(qdq_acts, float_acts)
-    except Exception as exc:  # noqa: BLE001 - a debugging aid must not stop the back-off
-        return {"nodes": [], "ranking": [], "error": f"{type(exc).__name__}: {exc}"}
-    graph = onnx.load(fp32_path, load_external_data=False).graph
-    owners = _weighted_owner(graph)
-    relu_out = {o for n in graph.node if n.op_type == "Relu" for o in n.output}
-    score = {}
-    for tensor, match in matches.items():
-        if not match.get("pre_qdq") or not match.get("post_qdq"):
-            continue
-        pre = np.concatenate([np.ravel(a) for a in match["pre_qdq"]])
-        post = np.concatenate([np.ravel(a) for a in match["post_qdq"]])
-        if tensor in relu_out:  # ONNX Runtime drops the ReLU and lets the Q/DQ range clip: that is not noise
-            pre = np.maximum(pre, 0)
-        sqnr = sqnr_db(pre, post)
-        for node in owners.get(tensor, ()):
-            score[node] = min(score.get(node, np.inf), sqnr)
-    ranking = sorted(({"node": n, "sqnr_db": round(s, 3)} for n, s in score.items() if np.isfinite(s)),
-                     key=lambda r: r["sqnr_db"])
-    return {"nodes": [r["node"] for r in ranking], "ranking": ranking}
-
-
-def sqnr_db(signal, noisy):
-    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
-    signal, noisy = np.asarray(signal, np.float64), np.asarray(noisy, np.float64)
-    noise = float(np.sum((signal - noisy) ** 2))
-    power = float(np.sum(signal ** 2))
-    if noise == 0.0:
-        return float("inf")
-    return 10.0 * math.log10(max(power, 1e-30) / noise)
-

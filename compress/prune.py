@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch_pruning as tp
 from torch import nn
 
-from lungedge.runtime.configs import config_from_dict
+from lungedge.compress.errors import ConfigError, config_from_dict
 
 IMPORTANCES = ("l2", "bn_scale", "taylor")
 
@@ -27,9 +27,9 @@ class PruneConfig:
 
     def __post_init__(self):
         if self.importance not in IMPORTANCES:
-            raise ValueError(f"importance {self.importance!r} not in {IMPORTANCES}")
+            raise ConfigError(f"importance {self.importance!r} not in {IMPORTANCES}")
         if not 0.0 < self.macs_ratio <= 1.0:
-            raise ValueError(f"macs_ratio must be in (0, 1], got {self.macs_ratio}")
+            raise ConfigError(f"macs_ratio must be in (0, 1], got {self.macs_ratio}")
 
     @classmethod
     def from_dict(cls, d):

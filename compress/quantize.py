@@ -27,9 +27,8 @@ from enum import Enum
 import onnx
 
 from lungedge.compress.calibration import CalibrationReader
-from lungedge.compress.errors import CalibrationError, QuantizationError
+from lungedge.compress.errors import CalibrationError, ConfigError, QuantizationError, config_from_dict
 from lungedge.compress.qdq_check import check_ort_qdq, check_tensorrt_qdq
-from lungedge.runtime.configs import config_from_dict
 
 
 class Flavour(str, Enum):
@@ -53,7 +52,7 @@ def _enum(cls, value, field):
     try:
         return cls(value).value
     except ValueError:
-        raise ValueError(f"{field} {value!r} is not one of {[m.value for m in cls]}") from None
+        raise ConfigError(f"{field} {value!r} is not one of {[m.value for m in cls]}") from None
 
 
 @dataclass(frozen=True)
@@ -71,14 +70,14 @@ class QuantConfig:
         object.__setattr__(self, "calibration_method",
                            _enum(CalibrationMethod, self.calibration_method, "calibration_method"))
         if isinstance(self.nodes_to_exclude, str):
-            raise ValueError("nodes_to_exclude must be a list of node names, not one string")
+            raise ConfigError("nodes_to_exclude must be a list of node names, not one string")
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
         if int(self.num_images) < 1:
-            raise ValueError(f"num_images must be >= 1, got {self.num_images}")
+            raise ConfigError(f"num_images must be >= 1, got {self.num_images}")
         if not 90.0 <= float(self.percentile) < 100.0:
-            raise ValueError(f"percentile must be in [90, 100), got {self.percentile}")
+            raise ConfigError(f"percentile must be in [90, 100), got {self.percentile}")
         if self.reduce_range and self.flavour == Flavour.TENSORRT:
-            raise ValueError("reduce_range is for ort_cpu on CPUs without VNNI; TensorRT uses the full int8 range")
+            raise ConfigError("reduce_range is for ort_cpu on CPUs without VNNI; TensorRT uses the full int8 range")
 
     @classmethod
     def from_dict(cls, d):

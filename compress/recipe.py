@@ -3,7 +3,7 @@
 Schema (every level rejects unknown keys; absent keys take the defaults below)::
 
     name         "xray-cls-student"             recipe name (goes into the bundle name)
-    task         "xray-cls"                     models.tasks name
+    task         "xray-cls"                     runtime.tasks name
     description  ""                             free text
     student      "student_m" | "none"           registry architecture distilled from the baseline; "none"
                                                 compresses the baseline itself
@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from lungedge.compress.distill import DistillConfig
-from lungedge.compress.errors import RecipeError
+from lungedge.compress.errors import ConfigError, RecipeError
 from lungedge.compress.gate import GateConfig
 from lungedge.compress.prune import PruneConfig
 from lungedge.models.registry import ARCHITECTURES, kind_of
-from lungedge.models.tasks import TASKS
+from lungedge.runtime.tasks import TASKS
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -71,9 +71,9 @@ class ExportConfig:
 
     def __post_init__(self):
         if self.opset < 17:
-            raise ValueError(f"opset must be >= 17 (QDQ per-channel and dynamic batch), got {self.opset}")
+            raise ConfigError(f"opset must be >= 17 (QDQ per-channel and dynamic batch), got {self.opset}")
         if self.verify_images < 1 or self.golden_images < 1:
-            raise ValueError("verify_images and golden_images must be >= 1")
+            raise ConfigError("verify_images and golden_images must be >= 1")
 
     @classmethod
     def from_dict(cls, d):
@@ -105,14 +105,14 @@ class BackoffConfig:
         object.__setattr__(self, "macs_ratios", tuple(float(r) for r in self.macs_ratios))
         object.__setattr__(self, "calibration_methods", tuple(self.calibration_methods))
         if any(not 0.0 < r <= 1.0 for r in self.macs_ratios):
-            raise ValueError(f"backoff macs_ratios must lie in (0, 1], got {list(self.macs_ratios)}")
+            raise ConfigError(f"backoff macs_ratios must lie in (0, 1], got {list(self.macs_ratios)}")
         bad = [m for m in self.calibration_methods if m not in CALIBRATION_METHODS]
         if bad:
-            raise ValueError(f"unknown calibration methods {bad}; known: {CALIBRATION_METHODS}")
+            raise ConfigError(f"unknown calibration methods {bad}; known: {CALIBRATION_METHODS}")
         if self.on_variant_failure not in ON_FAILURE:
-            raise ValueError(f"on_variant_failure must be one of {ON_FAILURE}, got {self.on_variant_failure!r}")
+            raise ConfigError(f"on_variant_failure must be one of {ON_FAILURE}, got {self.on_variant_failure!r}")
         if self.max_attempts < 1 or self.max_sensitive_nodes < 0 or self.sensitivity_images < 1:
-            raise ValueError("max_attempts and sensitivity_images must be >= 1, max_sensitive_nodes >= 0")
+            raise ConfigError("max_attempts and sensitivity_images must be >= 1, max_sensitive_nodes >= 0")
 
     @classmethod
     def from_dict(cls, d):

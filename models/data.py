@@ -2,6 +2,7 @@
 
 import math
 import os
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from lungedge.models.errors import TrainConfigError
 from lungedge.runtime.datasets import read_manifest_csv, select
 from lungedge.runtime.io.image import read_image
 from lungedge.runtime.preprocess import preprocess
@@ -40,7 +42,7 @@ class TaskDataset(Dataset):
         self.size = size
         steps = steps or spec.steps(size)
         if crop is not None and spec.kind != "classification":
-            raise ValueError("a lung crop applies to classification images only")
+            raise TrainConfigError("a lung crop applies to classification images only; pass crop=None for masks")
         self.images = np.zeros((len(self.records), 1, size, size), np.float32)
         self.targets = []
         for i, rec in enumerate(progress(self.records) if progress else self.records):
@@ -74,24 +76,57 @@ def load_split(data_dir, spec, split, size, progress=None, steps=None, crop=None
     return TaskDataset(records, spec, size, progress, steps=steps, crop=crop)
 
 
-# Augmentation strengths for ``augment`` (plain data; the train config names one).
+def source_balanced_weights(sources, targets, power=0.5):
+    """Per-sample weights giving each (source, label) cell a share proportional to count**power.
+
+    power 0 equalises the cells (tiny cells would then be repeated endlessly), 1 is plain shuffling; 0.5
+    shrinks the large cells that carry a source shortcut (one source, one label) without overfitting the few
+    images of a small cell.
+    """
+    cells = list(zip(sources, np.asarray(targets).tolist()))
+    counts = {c: cells.count(c) for c in set(cells)}
+    w = np.array([counts[c] ** power / counts[c] for c in cells], np.float64)
+    return w / w.sum()
+
+
+@dataclass(frozen=True)
+class AugmentLevel:
+    """Strength of ``augment``: affine range, contrast jitter and the optional "strong" terms (off at 0/None).
+
+    ``aspect`` anisotropic scale, ``gamma`` range applied on the [0, 1] image (undoing the ``standardize``
+    step's ``mean``/``std``), ``blur`` probability of a 3x3 blur or sharpen, and Gaussian ``noise`` (std in
+    [0, 1] units, drawn per image up to this value).
+    """
+
+    max_rotate: float = 10.0
+    scale: tuple = (0.9, 1.1)
+    shift: float = 0.06
+    contrast: float = 0.15
+    aspect: float = 0.0
+    gamma: tuple = None
+    blur: float = 0.0
+    noise: float = 0.0
+    mean: float = 0.5
+    std: float = 0.25
+
+
+# Augmentation strengths for ``augment`` by name (the train and distill configs name one).
 AUGMENT_LEVELS = {
-    "standard": {"max_rotate": 10.0, "scale": (0.9, 1.1), "shift": 0.06, "contrast": 0.15},
+    "standard": AugmentLevel(max_rotate=10.0, scale=(0.9, 1.1), shift=0.06, contrast=0.15),
     # Against source shortcuts: wider geometry (incl. anisotropic scale), gamma, blur/sharpen and noise, so
     # scanner- and export-specific contrast, sharpness and framing stop being cues.
-    "strong": {"max_rotate": 15.0, "scale": (0.8, 1.2), "shift": 0.10, "contrast": 0.3, "aspect": 0.1,
-               "gamma": (0.6, 1.6), "blur": 0.5, "noise": 0.05},
+    "strong": AugmentLevel(max_rotate=15.0, scale=(0.8, 1.2), shift=0.10, contrast=0.3, aspect=0.1,
+                           gamma=(0.6, 1.6), blur=0.5, noise=0.05),
 }
 
 
-def augment(images, masks=None, generator=None, max_rotate=10.0, scale=(0.9, 1.1), shift=0.06,
-            contrast=0.15, aspect=0.0, gamma=None, blur=0.0, noise=0.0, mean=0.5, std=0.25):
+def augment(images, masks=None, generator=None, level=AUGMENT_LEVELS["standard"]):
     """Random affine (rotation, scale, shift) and contrast/brightness jitter on a batch; masks follow.
 
-    Optional (the "strong" level): ``aspect`` anisotropic scale, ``gamma`` range applied on the [0, 1] image
-    (undoing the ``standardize`` step's ``mean``/``std``), ``blur`` probability of a 3x3 blur or sharpen, and
-    Gaussian ``noise`` (std in [0, 1] units, drawn per image up to this value).
+    level: an ``AugmentLevel`` (``AUGMENT_LEVELS[name]``).
     """
+    max_rotate, scale, shift, contrast = level.max_rotate, level.scale, level.shift, level.contrast
+    aspect, gamma, blur, noise, mean, std = level.aspect, level.gamma, level.blur, level.noise, level.mean, level.std
     n = images.shape[0]
     g = generator
 
@@ -124,3 +159,14 @@ def augment(images, masks=None, generator=None, max_rotate=10.0, scale=(0.9, 1.1
         return out, None
     m = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out, m[:, 0].to(masks.dtype)
+
+
+class BatchAugment:
+    """``(images, targets) -> (images, targets)``: ``augment`` at a named level; masks follow, labels pass."""
+
+    def __init__(self, level, generator):
+        self.level, self.generator = AUGMENT_LEVELS[level], generator
+
+    def __call__(self, images, targets):
+        images, masks = augment(images, targets if targets.ndim == 3 else None, self.generator, self.level)
+        return images, targets if masks is None else masks

@@ -1,6 +1,7 @@
 """Architecture registry: a plain dict from name to (builder, kind)."""
 
 from lungedge.models import classifiers, segmenters
+from lungedge.models.errors import UnknownArchitecture
 
 CLASSIFIERS = {
     "resnet18": classifiers.resnet18,
@@ -24,11 +25,15 @@ ARCHITECTURES = {**{k: (v, "classification") for k, v in CLASSIFIERS.items()},
 
 def build(name, num_classes):
     """Instantiate a registered architecture; unknown names list the known ones."""
-    if name not in ARCHITECTURES:
-        raise KeyError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name][0](num_classes)
+    return _entry(name)[0](num_classes)
 
 
 def kind_of(name):
     """'classification' or 'segmentation'."""
-    return ARCHITECTURES[name][1]
+    return _entry(name)[1]
+
+
+def _entry(name):
+    if name not in ARCHITECTURES:
+        raise UnknownArchitecture(f"unknown architecture {name!r}; use one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]

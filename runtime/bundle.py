@@ -135,6 +135,20 @@ def _check_cpu_default(manifest):
         raise BundleError(f"cpu_default threads must be a positive integer, got {threads!r}")
 
 
+def find_artifact(artifacts, backend, precision=None):
+    """Key of the artifact in ``artifacts`` (a manifest's entries) for ``backend`` (and ``precision`` if given),
+    the smallest precision first: what the runtime opens by default.
+
+    OpenVINO runs the ONNX artifacts (recorded for "onnxruntime"), so ``backend="openvino"`` finds those.
+    """
+    keys = [k for k, a in artifacts.items() if runs_on(a, backend) and (precision is None or a["precision"] == precision)]
+    if not keys:
+        have = sorted({(a["backend"], a["precision"]) for a in artifacts.values()})
+        raise BundleError(f"bundle has no {backend} artifact" + (f" at {precision}" if precision else "")
+                          + f"; it has {have}")
+    return sorted(keys, key=lambda k: precision_rank(artifacts[k]["precision"]))[0]
+
+
 class Bundle:
     """A loaded, verified bundle: ``manifest`` (dict) and ``path_of(key)`` for its files."""
 
@@ -179,17 +193,8 @@ class Bundle:
         return os.path.join(self.root, self.manifest["artifacts"][key]["path"])
 
     def find_artifact(self, backend, precision=None):
-        """Key of the artifact for ``backend`` (and ``precision`` if given); the smallest-precision first.
-
-        OpenVINO runs the ONNX artifacts (recorded for "onnxruntime"), so ``backend="openvino"`` finds those.
-        """
-        keys = [k for k, a in self.manifest["artifacts"].items()
-                if runs_on(a, backend) and (precision is None or a["precision"] == precision)]
-        if not keys:
-            have = sorted({(a["backend"], a["precision"]) for a in self.manifest["artifacts"].values()})
-            raise BundleError(f"bundle has no {backend} artifact"
-                              + (f" at {precision}" if precision else "") + f"; it has {have}")
-        return sorted(keys, key=lambda k: precision_rank(self.manifest["artifacts"][k]["precision"]))[0]
+        """Key of the artifact for ``backend`` (and ``precision`` if given); the smallest-precision first."""
+        return find_artifact(self.manifest["artifacts"], backend, precision)
 
     def cpu_default(self):
         """(artifact key, backend, inference precision, threads or None) measured fastest among gate-passing CPU

@@ -1,6 +1,7 @@
 """CalibrationReader: real training images through the bundle's preprocessing; everything else refused."""
 
 import hashlib
+import os
 import random
 import shutil
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from onnxruntime.quantization import CalibrationDataReader
 
-from lungedge.compress.calibration import MIN_IMAGES, CalibrationReader
+from lungedge.compress.calibration import MIN_IMAGES, CalibrationReader, training_reader
 from lungedge.compress.errors import CalibrationError
 from lungedge.runtime.datasets import read_manifest_csv, select
 from lungedge.runtime.io.image import read_image
@@ -40,6 +41,31 @@ def test_reader_is_an_ort_data_reader_with_preprocessed_batches(train_records):
     # batches() is the same stream for the TensorRT calibrator; drop_last keeps whole batches only.
     batches = list(reader.batches(drop_last=True))
     assert len(batches) == 3 and all(np.array_equal(b, f["image"]) for b, f in zip(batches, feeds))
+
+
+def test_head_feeds_the_first_images_in_the_same_batches(train_records):
+    """The sensitivity ranking's feed: the first n images of the one reader, iterable as ORT iterates it."""
+    reader = CalibrationReader(train_records, STEPS, batch_size=5, limit=17)
+    head = reader.head(7)
+    assert head.count == 7 and not head.progress
+    fed = [f["image"] for f in head]  # ORT's qdq_loss_debug iterates the reader
+    assert [b.shape[0] for b in fed] == [5, 2]
+    full = list(reader.batches())
+    np.testing.assert_array_equal(fed[0], full[0])
+    np.testing.assert_array_equal(fed[1], full[1][:2])
+    head.rewind()
+    np.testing.assert_array_equal(head.get_next()["image"], fed[0])
+    assert reader.count == 17  # the full reader is untouched
+
+
+def test_training_reader_takes_the_task_images_of_the_train_split(xray_cls_dir):
+    from lungedge.runtime.tasks import task
+
+    spec = task("xray-cls")
+    reader = training_reader(xray_cls_dir, spec, STEPS, "image", limit=20)
+    assert reader.count == 20 and reader.batch_size == 8 and reader.describe()["split"] == "train"
+    labels = {os.path.realpath(r.image): r.label for r in read_manifest_csv(xray_cls_dir)}
+    assert all(labels[os.path.realpath(p)] in spec.labels for p in reader.paths)
 
 
 def test_describe_is_order_independent_and_hashes_names(train_records):

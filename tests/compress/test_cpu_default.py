@@ -68,8 +68,8 @@ def test_candidates_cover_onnx_artifacts_on_each_backend():
 
 
 def _choose(s, ov):
-    return C.choose_cpu_default(s["spec"], s["baseline_val"], s["images"], s["targets"], s["gate"], s["paths"],
-                                s["arts"], threads=1, rounds=5, ov_precisions=ov)
+    data = C.GateData(s["spec"], s["baseline_val"], s["images"], s["targets"], s["gate"])
+    return C.choose_cpu_default(data, s["paths"], s["arts"], C.Timing(threads=1, rounds=5, ov_precisions=ov))
 
 
 def test_failing_candidates_are_never_chosen(setup):
@@ -84,8 +84,8 @@ def test_failing_candidates_are_never_chosen(setup):
 
 def test_thread_count_is_measured_too(setup):
     s = dict(setup, arts={"onnx-fp32": setup["arts"]["onnx-fp32"]})
-    record = C.choose_cpu_default(s["spec"], s["baseline_val"], s["images"], s["targets"], s["gate"], s["paths"],
-                                  s["arts"], threads=None, rounds=5, ov_precisions=())
+    data = C.GateData(s["spec"], s["baseline_val"], s["images"], s["targets"], s["gate"])
+    record = C.choose_cpu_default(data, s["paths"], s["arts"], C.Timing(threads=None, rounds=5, ov_precisions=()))
     options = C.thread_options(None)
     assert record["thread_options"] == list(options) and options[0] == 1
     (only,) = record["candidates"]

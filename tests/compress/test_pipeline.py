@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lungedge.compress import cli
-from lungedge.compress import pipeline as P
+from lungedge.compress import stages as S
 from lungedge.compress.pipeline import compress
 from lungedge.compress.recipe import Recipe, load_recipe
 from lungedge.compress.summary import render
@@ -205,7 +205,7 @@ def test_int8_backoff_walks_calibration_methods_then_float_nodes(pack, tmp_path,
     """The gate is made to refuse the first four INT8 settings: the ladder must then keep the first conv, the
     head and the most sensitive node in float, and ship that model."""
     data, run = pack
-    real_gate = P.gate_onnx
+    real_gate = S.gate_onnx
     refused = {"n": 0}
 
     def strict_gate(run_, path, variant="variant"):
@@ -215,7 +215,7 @@ def test_int8_backoff_walks_calibration_methods_then_float_nodes(pack, tmp_path,
             return dataclasses.replace(verdict, passed=False)
         return verdict
 
-    monkeypatch.setattr(P, "gate_onnx", strict_gate)
+    monkeypatch.setattr(S, "gate_onnx", strict_gate)
     recipe = small_recipe(student="none", distill=None, prune=None, prune_finetune=None, fp16=False,
                           quantize=[{"flavour": "ort_cpu", "calibration_method": "minmax", "num_images": 24}])
     out = compress(recipe, run, data, str(tmp_path / "b"), threads=1)

@@ -139,3 +139,27 @@ def test_cli_flags_only_map_onto_the_recipe():
     with pytest.raises(RecipeError, match="distills nothing"):
         apply_flags(none, argparse.Namespace(student=None, input_size=None, epochs=2, macs_ratio=None,
                                              no_int8=False, fp16=False, threshold_rule=None))
+
+
+def test_config_errors_are_typed_and_still_value_errors():
+    from lungedge.compress.distill import DistillConfig
+    from lungedge.compress.engine import EngineConfig
+    from lungedge.compress.errors import CompressError, ConfigError
+    from lungedge.compress.gate import GateConfig
+    from lungedge.compress.prune import PruneConfig
+    from lungedge.compress.quantize import QuantConfig
+
+    bad = [lambda: DistillConfig(alpha=2.0), lambda: DistillConfig.from_dict({"alfa": 0.5}),
+           lambda: PruneConfig(importance="l3"), lambda: QuantConfig(flavour="tflite"),
+           lambda: GateConfig(threshold_rule="best"), lambda: EngineConfig(precision="int4"),
+           lambda: BackoffConfig(on_variant_failure="retry")]
+    for make in bad:
+        with pytest.raises(ConfigError) as err:
+            make()
+        assert isinstance(err.value, ValueError) and isinstance(err.value, CompressError)
+
+
+def test_a_bad_section_names_itself_in_the_recipe_error():
+    with pytest.raises(RecipeError, match="prune: importance 'l3'"):
+        Recipe.from_dict({"name": "x", "task": "xray-cls", "prune": {"importance": "l3"},
+                          "prune_finetune": {"epochs": 1}})

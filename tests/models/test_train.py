@@ -29,29 +29,63 @@ def test_train_resume_and_reload(xray_cls_dir, tmp_path, manifest_rows):
 
 
 def test_segmentation_loss_ignores_ignore_label():
-    from lungedge.models.train import segmentation_loss
+    import torch.nn.functional as F
+
+    from lungedge.models.data import IGNORE
+    from lungedge.models.losses import segmentation_loss
 
     torch.manual_seed(0)
     logits = torch.randn(1, 1, 4, 4)
     mask = torch.zeros((1, 4, 4), dtype=torch.uint8)
     mask[0, :2] = 1
-    mask[0, 3, 3] = 255  # one ignored pixel
-    a = segmentation_loss(logits, mask)
-    # Whatever the logit under the ignored pixel, the loss must not move...
+    mask[0, 3, 2:] = IGNORE  # two ignored pixels, one over each side of the logit sign
+    loss = segmentation_loss(logits, mask)
+    assert torch.isfinite(loss)
+    # Whatever the logits under the ignored pixels, the loss must not move...
     moved = logits.clone()
-    moved[0, 0, 3, 3] = 50.0
-    assert torch.isfinite(a) and torch.allclose(a, segmentation_loss(moved, mask))
-    # ...while the same change on a counted pixel does (so the check above can fail).
-    counted = mask.clone()
-    counted[0, 3, 3] = 0
-    assert not torch.allclose(segmentation_loss(logits, counted), segmentation_loss(moved, counted))
+    moved[0, 0, 3, 2:] = torch.tensor([50.0, -50.0])
+    assert torch.allclose(loss, segmentation_loss(moved, mask))
+    # ...and it equals BCE + soft DICE over the counted pixels alone, computed here by hand.
+    valid = mask[0] != IGNORE
+    logit, target = logits[0, 0][valid], (mask[0][valid] == 1).float()
+    prob = torch.sigmoid(logit)
+    by_hand = (F.binary_cross_entropy_with_logits(logit, target)
+               + 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1))
+    assert torch.allclose(loss, by_hand)
+    # A loss that counted the ignored pixels (as background, or as foreground) would differ, so the checks above
+    # fail for a loss that does not ignore them.
+    for label in (0, 1):
+        counted = mask.clone()
+        counted[0, 3, 2:] = label
+        assert not torch.allclose(loss, segmentation_loss(logits, counted))
+        assert not torch.allclose(segmentation_loss(logits, counted), segmentation_loss(moved, counted))
 
 
 def test_config_rejects_unknown_keys():
     import pytest
 
-    with pytest.raises(ValueError, match="unknown"):
+    from lungedge.models.errors import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match="unknown") as err:
         TrainConfig.from_dict({"task": "xray-cls", "data": ".", "lr_max": 1})
+    assert isinstance(err.value, ValueError)  # callers that catch ValueError keep working
+
+
+def test_unknown_names_raise_typed_lookup_errors():
+    import pytest
+
+    from lungedge.models.errors import UnknownArchitecture
+    from lungedge.models.registry import build, kind_of
+    from lungedge.runtime.errors import UnknownName
+    from lungedge.runtime.tasks import task
+
+    for call in (lambda: build("resnet19", 2), lambda: kind_of("resnet19")):
+        with pytest.raises(UnknownArchitecture, match="use one of .*resnet18") as err:
+            call()
+        assert isinstance(err.value, (KeyError, UnknownName)) and str(err.value).startswith("unknown architecture 'resnet19'")
+    with pytest.raises(UnknownName, match="known: ct-cls") as err:
+        task("xray-det")
+    assert isinstance(err.value, KeyError)
 
 
 def test_source_balanced_weights_shrink_the_big_cells():
@@ -76,7 +110,7 @@ def test_augment_levels_keep_shapes_and_masks_aligned():
     x = torch.randn(4, 1, 32, 32)
     m = (torch.rand(4, 32, 32) > 0.5).to(torch.uint8)
     for level in AUGMENT_LEVELS.values():
-        y, m2 = augment(x, m, generator=g, **level)
+        y, m2 = augment(x, m, generator=g, level=level)
         assert y.shape == x.shape and m2.shape == m.shape and torch.isfinite(y).all()
         assert set(m2.unique().tolist()) <= {0, 1}
 
