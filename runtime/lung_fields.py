@@ -85,7 +85,7 @@ def _row_overlap(mask):
     first, second = np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:2] + 1
     (a0, ah), (b0, bh) = ((stats[i, cv2.CC_STAT_TOP], stats[i, cv2.CC_STAT_HEIGHT]) for i in (first, second))
     shared = max(0, min(a0 + ah, b0 + bh) - max(a0, b0))
-    return shared / float(max(a0 + ah, b0 + bh) - min(a0, b0))
+    return float(shared / float(max(a0 + ah, b0 + bh) - min(a0, b0)))
 
 
 def fit_bands(scores, acceptance=LUNG_FIELD_ACCEPTANCE):
@@ -158,7 +158,10 @@ class LungFieldCheck:
 
     @classmethod
     def from_manifest(cls, manifest, segmenter):
-        entry = (manifest.get("quality") or {}).get("lung_fields")
+        quality = manifest.get("quality") or {}
+        entry = quality.get("lung_fields")
+        if not quality.get("enabled", True):
+            return None, "quality control is switched off in this bundle's manifest (quality.enabled false)"
         if entry is None:
             return None, ("no lung-field check: the bundle has no quality.lung_fields bands (fit them with "
                           "python -m lungedge.compress.quality lung-fields)")
