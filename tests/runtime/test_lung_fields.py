@@ -206,3 +206,18 @@ def test_annotated_frontal_lungs_fit_their_bands_and_rotated_ones_do_not(xray_se
     assert np.mean(accepted) >= 0.95, np.mean(accepted)
     rotated = [not band_findings(lung_field_scores(np.ascontiguousarray(np.rot90(m))), bands) for m in masks]
     assert np.mean(rotated) <= 0.05, np.mean(rotated)
+
+
+def test_segmenters_say_whether_their_areas_are_checked(tmp_path):
+    from tinymodels import segmenter_model
+
+    unbanded = write_bundle(tmp_path / "unbanded", segmenter_model(1), "segmentation", "xray", ["background", "lung"],
+                            {"mask": 0.5}, kind="probabilities", quality={"pixel": FLAT_OK})
+    plain = Predictor.from_bundle(unbanded, threads=1).predict(two_lung_film())
+    assert plain["quality"]["ood"]["note"].endswith("no plausible-area bands (quality.area): predicted areas are "
+                                                    "not checked")
+    banded = write_bundle(tmp_path / "banded", segmenter_model(1), "segmentation", "xray", ["background", "lung"],
+                          {"mask": 0.5}, kind="probabilities", quality={"area": {"lung": [0.2, 0.6]}, "pixel": FLAT_OK})
+    result = Predictor.from_bundle(banded, threads=1).predict(two_lung_film())
+    assert result["quality"]["ood"]["note"].endswith("checked against the bundle's plausible bands (quality.area)")
+    assert result["quality"]["status"] == "accept" and result["areas"]["lung"]["fraction"] == 2 * 64 * 36 / (96 * 128)
