@@ -146,3 +146,41 @@ def test_lung_field_bands_are_fitted_into_an_existing_bundle(tmp_path):
     result = XrayPipeline(Predictor.from_bundle(cls_root, threads=1), lungs).predict(str(data / "images/f8.png"))
     assert result["assessed"] is False
     assert "lung_fields_midline" in [r["reason"] for r in result["quality"]["reasons"]]
+
+
+def test_compress_writes_lung_field_bands_for_crop_trained_xray_classifiers(tmp_path):
+    """``quality_calibration`` at build time: a run with a lung crop gets bands from its train and val films."""
+    import os
+    import sys
+    from types import SimpleNamespace
+
+    import cv2
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime"))
+    from tinymodels import segmenter_model, write_bundle
+
+    from lungedge.compress.quality import quality_calibration
+    from lungedge.runtime.pipelines import LungCrop
+    from lungedge.runtime.predictor import Predictor
+
+    paths = []
+    for i in range(4):
+        film = np.full((96, 128), 30, np.uint8)
+        film[0, 0] = 0
+        film[16:80, 16:52 - i] = 220
+        film[16:80, 76 + i:112] = 220
+        paths.append(str(tmp_path / f"f{i}.png"))
+        cv2.imwrite(paths[-1], film)
+    lungs = Predictor.from_bundle(write_bundle(tmp_path / "lungs", segmenter_model(1), "segmentation", "xray",
+                                               ["background", "lung"], {"mask": 0.5}, kind="probabilities"), threads=1)
+    records = [SimpleNamespace(image=p) for p in paths]
+    run = SimpleNamespace(spec=SimpleNamespace(kind="classification", modality="xray", labels=["a", "b"]),
+                          train_ds=SimpleNamespace(records=records[:3]), val_ds=SimpleNamespace(records=records[3:]),
+                          crop=LungCrop(lungs), threads=1)
+    quality = quality_calibration(run, str(tmp_path), artifacts={})
+    entry = quality["lung_fields"]
+    assert entry["fitted_on"] == "train+val splits, 4 images" and entry["segmenter"] == lungs.name
+    assert set(entry["bands"]) == {"lung_fraction", "midline_fill", "field_separation", "field_overlap"}
+    assert quality["ood"] == {} and quality["view"] == "frontal"
+    run.crop = None  # a classifier of whole films has no lung masks to fit on
+    assert "lung_fields" not in quality_calibration(run, str(tmp_path), artifacts={})
