@@ -10,7 +10,8 @@ rotated 90 degrees, heavily cropped (the central 30% of each side). In-distribut
 xray-cls per source and of ct-cls. Every input goes through the reader, as a user's file would.
 
 Without bundles only the header and pixel stages run (``QualityControl`` with the default limits of the
-modality); with bundles the whole path runs (``Predictor``: header, pixels, then the model's OOD scores).
+modality); with bundles the whole path runs (``Predictor``: header, pixels, then the model's OOD scores; with
+``--xray-lung-bundle``, ``XrayPipeline``: the lung-field check of the classifier's bands between the two).
 With an X-ray bundle the cost of quality control is timed too: batch-1 end-to-end latency (read, checks,
 preprocess, inference) with and without it, interleaved over the same files.
 """
@@ -172,6 +173,8 @@ def cost(bundle, paths, rounds=3, threads=None, lung_bundle=None):
     off_predictor.ood, off_predictor.ood_note = None, "timing without quality control"
     on = _xray_runner(on_predictor, lung_bundle, threads)
     off = _xray_runner(off_predictor, lung_bundle, threads)
+    if getattr(off, "lung_check", None) is not None:  # the lung-field check is quality control too
+        off.lung_check, off.lung_check_note = None, "timing without quality control"
     times = {"with_qc": [], "without_qc": []}
     for path in paths[:5]:  # warm-up
         on.predict(path)
@@ -230,8 +233,9 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
                                         "synthetic: noise": ("noise", synthetic["noise"])}}}
         results = {"data": os.path.abspath(data), "rows": [], "cost": None}
         for modality, part in plan.items():
-            judge = Judge(modality, part["bundle"], threads, xray_lung_bundle if modality == "xray" else None)
-            stages = "header + pixels + model OOD" if part["bundle"] else "header + pixels (no bundle)"
+            lung_bundle = xray_lung_bundle if modality == "xray" else None
+            judge = Judge(modality, part["bundle"], threads, lung_bundle)
+            stages = _stages(part["bundle"], lung_bundle)
             for name, items in tqdm(part["in_distribution"].items(), desc=f"{modality} in-distribution",
                                     file=sys.stderr, leave=False):
                 row = dict(_tally(judge, items), modality=modality, category=name, kind="in_distribution",
@@ -261,14 +265,29 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
     return results
 
 
+def _manifest(path):
+    with open(os.path.join(path, "manifest.json"), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _stages(bundle, lung_bundle):
+    """The stages a bundle's inputs go through (the lung-field check needs its bands and the lung bundle)."""
+    if not bundle:
+        return "header + pixels (no bundle)"
+    lung_fields = lung_bundle and (_manifest(bundle).get("quality") or {}).get("lung_fields")
+    return "header + pixels + lung fields + model OOD" if lung_fields else "header + pixels + model OOD"
+
+
 def _bundle_info(path):
     if not path:
         return None
-    with open(os.path.join(path, "manifest.json"), encoding="utf-8") as fh:
-        m = json.load(fh)
+    m = _manifest(path)
     ood = (m.get("quality") or {}).get("ood") or {}
+    lung_fields = (m.get("quality") or {}).get("lung_fields")
     return {"path": path, "name": m["name"], "ood_artifacts": sorted(ood),
-            "acceptance": sorted({e.get("acceptance") for e in ood.values()})}
+            "acceptance": sorted({e.get("acceptance") for e in ood.values()}),
+            "lung_fields": None if lung_fields is None else
+            {k: lung_fields.get(k) for k in ("segmenter", "acceptance", "accepted", "fitted_on", "bands")}}
 
 
 def _pct(x):
@@ -284,6 +303,13 @@ def markdown_report(r):
                                           f"{', '.join(info['ood_artifacts']) or 'no artifact'} at "
                                           f"{info['acceptance']} validation acceptance per score"
                                           if info else "no bundle: header and pixel stages only"))
+        lung = (info or {}).get("lung_fields")
+        if lung:
+            bands = ", ".join(f"{k} " + " / ".join(f"{side} {v:.3g}" for side, v in b.items())
+                              for k, b in lung["bands"].items())
+            lines.append(f"  - lung fields (segmenter `{lung['segmenter']}`): bands fitted on {lung['fitted_on']} "
+                         f"at {lung['acceptance']} joint acceptance (accepted {_pct(lung['accepted'])} of them): "
+                         f"{bands}")
     lines += ["", "| sent to | category | stages | n | refused | warned | errors | target | met | top reasons |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:

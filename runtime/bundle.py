@@ -21,9 +21,12 @@ Manifest (schema version 1), plain data in the spirit of MONAI's ``network_data_
                     {"view": "frontal" | "any", "min_age_years": N, "pixel": {check: {"min_refuse", ...}},
                      "ood": {artifact key: {"path": "ood-<key>.npz", "sha256", "feature_output",
                              "thresholds": {"mahalanobis", "energy"}, "acceptance", ...}},
-                     "area": {label: [low, high] fraction of the image}}
+                     "area": {label: [low, high] fraction of the image},
+                     "lung_fields": {"segmenter", "segmenter_manifest_sha256", "acceptance", "fitted_on",
+                                     "bands": {statistic: {"min", "max"}}}}  (lungedge.runtime.lung_fields)
                     Without "ood" for the artifact that runs, results say the bundle has no
-                    out-of-distribution check.
+                    out-of-distribution check; without "lung_fields", X-ray pipeline results say
+                    the bundle has no lung-field check.
 """
 
 import hashlib
@@ -32,6 +35,7 @@ import os
 
 from lungedge.runtime.enums import ONNX_BACKENDS, BackendName, Modality, TaskKind, precision_rank
 from lungedge.runtime.errors import BundleError
+from lungedge.runtime.lung_fields import validate_lung_fields
 from lungedge.runtime.preprocess import check_steps
 from lungedge.runtime.quality import validate_quality_spec
 
@@ -113,6 +117,8 @@ def validate_manifest(manifest):
                 raise BundleError(f"quality.ood names artifact {key!r}, which the bundle does not have")
             if os.path.isabs(entry.get("path", "")) or ".." in entry.get("path", "").replace("\\", "/").split("/"):
                 raise BundleError(f"quality.ood[{key!r}] path escapes the bundle")
+        if "lung_fields" in manifest["quality"]:
+            validate_lung_fields(manifest["quality"]["lung_fields"])
     _check_cpu_default(manifest)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from lungedge.runtime.errors import BundleError, InputError
 from lungedge.runtime.io import is_volume, iter_slices
+from lungedge.runtime.lung_fields import LungFieldCheck
 from lungedge.runtime.predictor import array_meta, array_source, load_input
 from lungedge.runtime.quality import NOT_ASSESSED
 from lungedge.runtime.study import aggregate_study, lesion_ratio, lung_mask_from_hu, severity_grade
@@ -102,7 +103,9 @@ class XrayPipeline:
     """Chest X-ray classification; with a lung segmenter the image is first cropped to the lungs (plus margin).
 
     A classifier trained on lung crops (its manifest's ``input_crop``) needs the very segmenter it was trained
-    with; without it, or with another, the pipeline refuses to start.
+    with; without it, or with another, the pipeline refuses to start. With the classifier's lung-field bands
+    (``quality.lung_fields``, lungedge.runtime.lung_fields) a film whose lung mask does not show two fields side
+    by side is refused before the classifier runs.
     """
 
     def __init__(self, classifier, lung_segmenter=None, margin=None):
@@ -117,6 +120,7 @@ class XrayPipeline:
         if self.cropper is not None:
             self.cropper.check(crop)
         self.classifier, self.lung_segmenter, self.margin = classifier, lung_segmenter, margin
+        self.lung_check, self.lung_check_note = LungFieldCheck.from_manifest(classifier.manifest, lung_segmenter)
 
     def predict(self, path_or_array, meta=None):
         """Classify one image (path or array); returns the classifier's result plus the lung crop."""
@@ -126,17 +130,28 @@ class XrayPipeline:
     def predict_image(self, array, meta, source):
         """Quality stages on the whole image first; a refused image reaches neither the segmenter nor the classifier."""
         assessment = self.classifier.assess(array, meta)
+        if self.lung_check is None:
+            assessment.lung_fields = {"checked": False, "note": self.lung_check_note}
         if self.cropper is None or assessment.refused:
+            if self.lung_check is not None:
+                assessment.lung_fields = {"checked": False, "note": "not reached: refused before the lung segmenter"}
             return self.classifier.predict_images([(array, meta, source)], assessments=[assessment])[0]
-        # The segmenter adds its plausible-area warnings to the same assessment; the classifier then adds its
-        # OOD scores on the crop (the header and pixel stages are not rerun on the crop).
+        # The segmenter adds its plausible-area warnings to the same assessment, the lung-field check its
+        # statistics; the classifier then adds its OOD scores on the crop (the header and pixel stages are not
+        # rerun on the crop), or does not run when the lung fields refused the film.
         crop, crop_meta, lung = self.cropper(array, meta, source, assessment=assessment)
+        if self.lung_check is not None and lung["mask"] is not None:
+            self.lung_check.assess(assessment, lung["mask"], array)
         result = self.classifier.predict_images([(crop, crop_meta, source)], assessments=[assessment])[0]
+        mask = lung.pop("mask")
+        if lung["crop_box"] is not None:
+            result["image"]["shape"] = meta.get("shape")
+        if not result["assessed"]:  # the crop box and areas say what the segmenter saw; no mask, no label
+            result.update(lung=lung)
+            return result
         if lung["crop_box"] is None:
             result["warnings"] = ["lung segmenter found no lung; classified the whole image"]
-        else:
-            result["image"]["shape"] = meta.get("shape")
-        result.update(mask=lung.pop("mask"), lung=lung)
+        result.update(mask=mask, lung=lung)
         return result
 
 

@@ -117,8 +117,11 @@ class Predictor:
         if not self.quality.enabled:
             return None, "quality control is switched off in this bundle's manifest (quality.enabled false)"
         if self.task != "classification":
-            return None, "segmenters have no feature-distance check; predicted areas are checked against " \
-                         "plausible bands where the bundle gives them"
+            if self.area_bands:
+                return None, "segmenters have no feature-distance check; predicted areas are checked against the " \
+                             "bundle's plausible bands (quality.area)"
+            return None, "segmenters have no feature-distance check, and this bundle has no plausible-area bands " \
+                         "(quality.area): predicted areas are not checked"
         scorer = OodScorer.from_bundle(bundle, artifact_key)
         if scorer is None:
             return None, f"no out-of-distribution check: the bundle has no calibration for artifact {artifact_key!r}"

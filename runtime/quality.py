@@ -9,6 +9,8 @@ Three stages, each finding with a named reason, the measured value and the limit
   entropy, no spatial structure (noise) and extreme aspect ratios, measured on the image without its
   letterbox bars. Limits are plain data: ``PIXEL_LIMITS`` per modality, overridden by the manifest's
   ``quality.pixel``.
+- **lung_fields** (lungedge.runtime.lung_fields; X-ray pipelines with a lung segmenter): the lung mask must show
+  two fields side by side, with bands fitted on in-distribution films and stored in the classifier's manifest.
 - **model** (lungedge.runtime.ood): Mahalanobis distance of the pooled features and energy of the logits,
   with thresholds calibrated per artifact; segmenters add a plausible-area band.
 
@@ -108,6 +110,7 @@ class Assessment:
     scores: Dict[str, float] = field(default_factory=dict)
     thresholds: Dict[str, dict] = field(default_factory=dict)
     ood: Dict[str, object] = field(default_factory=dict)
+    lung_fields: Dict[str, object] = field(default_factory=dict)  # X-ray pipelines with a lung segmenter
 
     @property
     def status(self):
@@ -127,9 +130,12 @@ class Assessment:
         return "; ".join(f.message for f in worst) if self.status != "accept" else ""
 
     def to_dict(self):
-        return {"status": self.status, "reasons": [f.to_dict() for f in self.findings],
-                "scores": {k: _num(v) for k, v in self.scores.items()}, "thresholds": self.thresholds,
-                "ood": dict(self.ood), "summary": self.summary()}
+        out = {"status": self.status, "reasons": [f.to_dict() for f in self.findings],
+               "scores": {k: _num(v) for k, v in self.scores.items()}, "thresholds": self.thresholds,
+               "ood": dict(self.ood), "summary": self.summary()}
+        if self.lung_fields:
+            out["lung_fields"] = dict(self.lung_fields)
+        return out
 
 
 def _num(value):
@@ -310,7 +316,8 @@ def validate_quality_spec(spec, modality):
     """Raise BundleError naming the first problem in a manifest's ``quality`` block."""
     if not isinstance(spec, dict):
         raise BundleError("manifest quality must be an object")
-    unknown = set(spec) - {"enabled", "view", "min_age_years", "pixel", "ood", "area", "max_colour_fraction"}
+    unknown = set(spec) - {"enabled", "view", "min_age_years", "pixel", "ood", "area", "max_colour_fraction",
+                           "lung_fields"}
     if unknown:
         raise BundleError(f"manifest quality has unknown keys {sorted(unknown)}")
     if spec.get("view", "frontal") not in ("frontal", "any"):

@@ -18,7 +18,9 @@ Image result (``schema`` "lungedge.result/1")::
                    "not assessed" and ``reason``, and has no probabilities, label, mask or areas
     quality        {"status": "accept" | "warn" | "refuse", "reasons": [{"stage", "reason", "status", "message",
                    "value", "limit"}], "scores": {name: value}, "thresholds": {stage: {...}},
-                   "ood": {"checked": bool, "note" or "feature_output", "acceptance", ...}, "summary"}
+                   "ood": {"checked": bool, "note" or "feature_output", "acceptance", ...}, "summary",
+                   "lung_fields" (X-ray pipeline only): {"checked": bool, "note" or "segmenter", "acceptance",
+                   "fitted_on"}}
 
 CT study result (``schema`` "lungedge.study/1")::
 

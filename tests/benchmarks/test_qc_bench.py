@@ -110,3 +110,37 @@ def test_judge_with_a_lung_bundle_goes_through_the_lung_crop(tmp_path):
     assert status in ("accept", "warn", "refuse")
     status, reasons = qc.Judge("xray", cls, threads=1)(png)  # without the lung bundle: a typed error, counted
     assert status == "error" and "lung crops" in reasons[0]
+
+
+def test_lung_fields_are_a_stage_and_timed_as_quality_control(tmp_path, monkeypatch):
+    """With lung-field bands and a lung bundle the stages say so, the report lists the bands, and the timing
+    without quality control runs without the lung-field check."""
+    from tinymodels import segmenter_model
+
+    from lungedge.runtime.bundle import Bundle, write_manifest
+    from lungedge.runtime.lung_fields import LungFieldCheck
+    from lungedge.runtime.predictor import Predictor
+
+    cls = write_bundle(tmp_path / "cls", classifier_model(3), "classification", "xray",
+                       ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid", quality={})
+    lungs = write_bundle(tmp_path / "lungs", segmenter_model(1), "segmentation", "xray", ["background", "lung"],
+                         {"mask": 0.5}, kind="probabilities")
+    seg = Predictor.from_bundle(lungs, threads=1)
+    bands = {"lung_fraction": {"min": 0.0, "max": 1.0}}
+    manifest = dict(Bundle.load(cls).manifest)
+    manifest["quality"] = {"lung_fields": {"segmenter": seg.name, "segmenter_manifest_sha256": seg.bundle.manifest_sha256,
+                                           "acceptance": 0.99, "accepted": 0.99, "fitted_on": "train+val splits, 9 images",
+                                           "bands": bands}}
+    write_manifest(cls, manifest)
+    assert qc._stages(cls, lungs) == "header + pixels + lung fields + model OOD"
+    assert qc._stages(cls, None) == "header + pixels + model OOD"
+    info = qc._bundle_info(cls)
+    assert info["lung_fields"]["bands"] == bands and info["lung_fields"]["fitted_on"] == "train+val splits, 9 images"
+    checked = []
+    real = LungFieldCheck.assess
+    monkeypatch.setattr(LungFieldCheck, "assess", lambda self, *a: checked.append(1) or real(self, *a))
+    png = str(tmp_path / "chest.png")
+    cv2.imwrite(png, chest_like(96, 128))
+    c = qc.cost(cls, [png] * 2, rounds=1, threads=1, lung_bundle=lungs)
+    assert c["images"] == 2
+    assert len(checked) == 2 + 2  # warm-up and one round, with quality control only

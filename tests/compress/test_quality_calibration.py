@@ -95,3 +95,92 @@ def test_feature_output_keeps_its_name_when_the_head_input_is_already_flat(tmp_p
                                 torch.nn.Linear(4, 3))
     path = export_onnx(model, str(tmp_path / "m.onnx"), (16, 16), features=True)
     assert [o.name for o in onnx.load(path).graph.output] == [OUTPUT_NAME, FEATURE_NAME]
+
+
+def test_lung_field_bands_are_fitted_into_an_existing_bundle(tmp_path):
+    """``python -m lungedge.compress.quality lung-fields`` on tiny bundles: bands from the train and val films
+    only, the segmenter's manifest sha256 recorded, and the pipeline then checks with them."""
+    import csv
+    import json
+    import os
+    import sys
+
+    import cv2
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime"))
+    from tinymodels import classifier_model, segmenter_model, write_bundle
+
+    from lungedge.compress.quality import main
+    from lungedge.runtime.pipelines import XrayPipeline
+    from lungedge.runtime.predictor import Predictor
+
+    data = tmp_path / "films"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for i, split in enumerate(["train"] * 6 + ["val"] * 2 + ["test"]):
+        film = np.full((96, 128), 30, np.uint8)
+        film[0, 0] = 0
+        gap = 20 + 2 * i if split != "test" else 0  # a test film of one field would widen the bands if used
+        film[16:80, 16:64 - gap // 2] = 220
+        film[16:80, 64 + gap // 2:112] = 220
+        name = f"images/f{i}.png"
+        cv2.imwrite(str(data / name), film)
+        rows.append({"file": name, "label": "normal", "patient_id": f"p{i}", "split": split})
+    with open(data / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lungs_root = write_bundle(tmp_path / "lungs", segmenter_model(1), "segmentation", "xray", ["background", "lung"],
+                              {"mask": 0.5}, kind="probabilities")
+    cls_root = write_bundle(tmp_path / "cls", classifier_model(3), "classification", "xray",
+                            ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid",
+                            quality={"view": "frontal", "pixel": {"entropy_bits": {"min_refuse": None,
+                                                                                   "min_warn": None}}})
+    assert main(["lung-fields", "--bundle", cls_root, "--lung-bundle", lungs_root, "--data", str(data),
+                 "--threads", "1"]) == 0
+    entry = json.load(open(os.path.join(cls_root, "manifest.json")))["quality"]["lung_fields"]
+    lungs = Predictor.from_bundle(lungs_root, threads=1)
+    assert entry["segmenter_manifest_sha256"] == lungs.bundle.manifest_sha256
+    assert entry["fitted_on"] == "train+val splits, 8 images" and entry["acceptance"] == 0.99
+    assert entry["bands"]["midline_fill"]["max"] == 0.0  # every fitting film has a gap between its fields
+    result = XrayPipeline(Predictor.from_bundle(cls_root, threads=1), lungs).predict(str(data / "images/f8.png"))
+    assert result["assessed"] is False
+    assert "lung_fields_midline" in [r["reason"] for r in result["quality"]["reasons"]]
+
+
+def test_compress_writes_lung_field_bands_for_crop_trained_xray_classifiers(tmp_path):
+    """``quality_calibration`` at build time: a run with a lung crop gets bands from its train and val films."""
+    import os
+    import sys
+    from types import SimpleNamespace
+
+    import cv2
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime"))
+    from tinymodels import segmenter_model, write_bundle
+
+    from lungedge.compress.quality import quality_calibration
+    from lungedge.runtime.pipelines import LungCrop
+    from lungedge.runtime.predictor import Predictor
+
+    paths = []
+    for i in range(4):
+        film = np.full((96, 128), 30, np.uint8)
+        film[0, 0] = 0
+        film[16:80, 16:52 - i] = 220
+        film[16:80, 76 + i:112] = 220
+        paths.append(str(tmp_path / f"f{i}.png"))
+        cv2.imwrite(paths[-1], film)
+    lungs = Predictor.from_bundle(write_bundle(tmp_path / "lungs", segmenter_model(1), "segmentation", "xray",
+                                               ["background", "lung"], {"mask": 0.5}, kind="probabilities"), threads=1)
+    records = [SimpleNamespace(image=p) for p in paths]
+    run = SimpleNamespace(spec=SimpleNamespace(kind="classification", modality="xray", labels=["a", "b"]),
+                          train_ds=SimpleNamespace(records=records[:3]), val_ds=SimpleNamespace(records=records[3:]),
+                          crop=LungCrop(lungs), threads=1)
+    quality = quality_calibration(run, str(tmp_path), artifacts={})
+    entry = quality["lung_fields"]
+    assert entry["fitted_on"] == "train+val splits, 4 images" and entry["segmenter"] == lungs.name
+    assert set(entry["bands"]) == {"lung_fraction", "midline_fill", "field_separation", "field_overlap"}
+    assert quality["ood"] == {} and quality["view"] == "frontal"
+    run.crop = None  # a classifier of whole films has no lung masks to fit on
+    assert "lung_fields" not in quality_calibration(run, str(tmp_path), artifacts={})
