@@ -11,9 +11,7 @@ The result is one plain dict (``report.write_outputs`` turns it into JSON, Markd
 """
 
 import datetime
-import itertools
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Optional, Tuple
@@ -21,11 +19,10 @@ from typing import Optional, Tuple
 import numpy as np
 
 from lungedge.benchmarks import accuracy as A
-from lungedge.benchmarks import latency as L
+from lungedge.benchmarks import scoring as SC
+from lungedge.benchmarks import speed as SP
 from lungedge.benchmarks.data import group_numbers, load_split
 from lungedge.benchmarks.environment import describe
-from lungedge.benchmarks.macs import MacCountError, count_onnx_macs
-from lungedge.benchmarks.memory import measure_peak_rss
 from lungedge.benchmarks.runners import (
     backend_spec,
     bundle_rows,
@@ -33,7 +30,6 @@ from lungedge.benchmarks.runners import (
     parse_variant,
     resolve_backends,
 )
-from lungedge.benchmarks.tegrastats import TegrastatsSampler, energy_per_image, summarize
 from lungedge.runtime.errors import BundleError, ConfigError
 
 SCHEMA = "lungedge.bench/1"
@@ -138,21 +134,6 @@ class BenchInputs:
     lung_bundle: Optional[str] = None
 
 
-@dataclass
-class _Scoring:
-    """The state every scoring step reads: rows (written into), their runners and outputs, the images."""
-
-    rows: list
-    runners: list
-    outputs: dict
-    images: list
-    val: list
-    labels: list
-    positive: Optional[str]
-    groups: list
-    cfg: "BenchConfig"
-
-
 def command_line(inputs, cfg):
     """The ``lungedge bench`` command that reproduces a run of ``inputs`` (a BenchInputs) with ``cfg``."""
     baseline, variants, data, split = inputs.baseline, inputs.variants, inputs.data, inputs.split
@@ -192,120 +173,6 @@ def predict_all(runner, images, batch, progress=None):
         prepared = [runner.prepare(im.array, im.meta) for im in chunk]
         raw = runner.run(np.stack([t for t, _ in prepared]))
         out.extend(runner.postprocess(row, nm, im.meta) for row, (_, nm), im in zip(raw, prepared, chunk))
-    return out
-
-
-def _probs(outputs):
-    return np.stack([o["probabilities"] for o in outputs])
-
-
-def _complexity(runner):
-    """Dense MACs and parameters from the ONNX graph (a torch model is exported first) plus torch-pruning's count."""
-    info = runner.info
-    out = {"macs": None, "params": None, "macs_source": "onnx graph (dense ops, batch 1)", "macs_torch_pruning": None}
-    try:
-        if info["kind"] == "torch":
-            import torch
-
-            from lungedge.compress.export import export_onnx
-            from lungedge.compress.prune import count_macs
-
-            size = tuple(info["input_size"])
-            out["macs_torch_pruning"], out["params_torch"] = count_macs(runner.model, torch.zeros(1, 1, *size))
-            with tempfile.TemporaryDirectory() as tmp:
-                counted = count_onnx_macs(export_onnx(runner.model, os.path.join(tmp, "m.onnx"), size))
-            out["params"] = out["params_torch"]
-        elif info["format"] == "onnx":
-            counted = count_onnx_macs(info["model_path"])
-            out["params"] = counted["params"]
-        else:  # a TensorRT engine: count its ONNX source when the bundle has an FP32 one
-            src = os.path.join(info["bundle"], "model.onnx")
-            if not os.path.isfile(src):
-                return out
-            counted = count_onnx_macs(src)
-            out["params"] = counted["params"]
-            out["macs_source"] = "onnx source of the engine"
-        out["macs"] = counted["macs"]
-        out["macs_by_op"] = counted["by_op"]
-        out["macs_unresolved"] = counted["unresolved"]
-    except (MacCountError, ImportError, OSError) as exc:
-        out["error"] = str(exc)
-    return out
-
-
-def _timing(runners, pool, cfg, progress):
-    """Interleaved batch-1 (stages) and batch-N phases, each under a CPU-load guard."""
-    cycle = {r.name: itertools.cycle(pool) for r in runners}
-    clock = time.perf_counter
-
-    def staged(runner):
-        images = cycle[runner.name]
-
-        def step():
-            im = next(images)
-            t0 = clock()
-            tensor, net_meta = runner.prepare(im.array, im.meta)
-            t1 = clock()
-            raw = runner.run(tensor[None])
-            t2 = clock()
-            runner.postprocess(raw[0], net_meta, im.meta)
-            t3 = clock()
-            return {"preprocess": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2}
-        return step
-
-    def batched(runner):
-        prepared = [runner.prepare(im.array, im.meta)[0] for im in itertools.islice(itertools.cycle(pool), cfg.batch)]
-        x = np.stack(prepared)
-        return lambda: runner.run(x)
-
-    bar1 = progress("time batch 1") if progress else None
-    with L.CpuLoadGuard() as guard1:
-        b1 = L.interleaved({r.name: staged(r) for r in runners}, cfg.rounds, cfg.warmup, clock=clock,
-                           max_seconds=cfg.max_seconds, min_rounds=cfg.min_rounds, progress=bar1,
-                           settle_s=cfg.settle_ms / 1000.0)
-    barn = progress(f"time batch {cfg.batch}") if progress else None
-    with L.CpuLoadGuard() as guardn:
-        bn = L.interleaved({r.name: batched(r) for r in runners}, cfg.batch_rounds, max(1, cfg.warmup // 2),
-                           clock=clock, max_seconds=cfg.max_seconds, min_rounds=min(cfg.min_rounds, cfg.batch_rounds),
-                           progress=barn, settle_s=cfg.settle_ms / 1000.0)
-    return b1, bn, {"batch1": guard1.result(), "batchN": guardn.result()}
-
-
-def _latency_row(b1, bn, batch):
-    stages = {k: L.summarize_times(v) for k, v in b1["stages"].items()}
-    model_p50 = stages["model"]["p50_ms"]
-    share = (stages["preprocess"]["p50_ms"] + stages["postprocess"]["p50_ms"]) / model_p50 if model_p50 else None
-    return {"batch1": stages["model"], "batch1_end_to_end": L.summarize_times(b1["seconds"]), "stages": stages,
-            "pre_post_share_of_model": share, "batchN": L.summarize_times(bn["seconds"], batch=batch),
-            "raw_seconds": {"batch1_total": b1["seconds"], "batch1_stages": b1["stages"], "batchN": bn["seconds"]}}
-
-
-def _speedups(ref_b1, ref_bn, b1, bn, n_boot, seed):
-    return {"batch1": L.ratio_of_medians(ref_b1["stages"]["model"], b1["stages"]["model"], n_boot, seed),
-            "batch1_end_to_end": L.ratio_of_medians(ref_b1["seconds"], b1["seconds"], n_boot, seed),
-            "batchN": L.ratio_of_medians(ref_bn["seconds"], bn["seconds"], n_boot, seed)}
-
-
-def _energy(runners, pool, sampler, seconds):
-    """Jetson: idle power, then a steady batch-1 run per row; mean power, energy per image, throttling."""
-    if not sampler.available:
-        return None
-    t0 = time.monotonic()
-    time.sleep(min(2.0, seconds))
-    idle = summarize(sampler.window(t0, time.monotonic()))
-    out = {"idle": idle, "rows": {}}
-    for r in runners:
-        n, start = 0, time.monotonic()
-        for im in itertools.cycle(pool):
-            tensor, net_meta = r.prepare(im.array, im.meta)
-            r.postprocess(r.run(tensor[None])[0], net_meta, im.meta)
-            n += 1
-            if time.monotonic() - start >= seconds:
-                break
-        end = time.monotonic()
-        window = sampler.window(start, end)
-        out["rows"][r.name] = {"images": n, "seconds": end - start, "summary": summarize(window),
-                               "energy_per_image_j": energy_per_image(window, end - start, n)}
     return out
 
 
@@ -397,26 +264,26 @@ def _bench(runners, specs, inputs, cfg, bar, crop=None):
                         "val": predict_all(r, val, cfg.batch, bar(f"{r.name} val") if bar else None)}
                for r in runners}
     rows = [{"name": r.name, "role": s["role"], "info": r.info, "manifest": _manifest_summary(r),
-             "complexity": _complexity(r)} for r, s in zip(runners, specs)]
-    scoring = _Scoring(rows, runners, outputs, images, val, labels, positive, groups, cfg)
+             "complexity": SP.complexity(r)} for r, s in zip(runners, specs)]
+    scoring = SC.Scoring(rows, runners, outputs, images, val, labels, positive, groups, cfg)
     if task == "classification":
-        _score_classification(scoring)
-        _score_calibration(scoring)
-        subgroups = _score_subgroups(scoring)
+        SC.score_classification(scoring)
+        SC.score_calibration(scoring)
+        subgroups = SC.score_subgroups(scoring)
     else:
         subgroups = None
-        _score_segmentation(scoring)
-    guards, jetson = _measure_speed(rows, runners, images[:16], cfg, bar)
+        SC.score_segmentation(scoring)
+    guards, jetson = SP.measure_speed(rows, runners, images[:16], cfg, bar)
     for r in runners:
         r.close()  # free the models before the memory subprocesses run
-    _measure_memory(rows, specs, [im.file for im in images[:8]], cfg, threads)
+    SP.measure_memory(rows, specs, [im.file for im in images[:8]], cfg, threads)
     results = {
         "schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "task": task, "modality": ref.modality, "labels": labels, "positive_label": positive,
         "reference": ref.name,
         "data": {"dir": os.path.abspath(data), "name": os.path.basename(os.path.normpath(data)), "split": split,
                  "n_images": len(images), "n_patients": len(set(groups)), "n_val_images": len(val),
-                 "label_counts": _label_counts(images) if task == "classification" else None,
+                 "label_counts": SC.label_counts(images) if task == "classification" else None,
                  "threshold_fit_split": "val" if refit else None,
                  "threshold_source": ("val" if refit else "bundle") if task == "classification" else None,
                  "threshold_fit_on_evaluated_split": refit and split == "val",
@@ -438,39 +305,8 @@ def _bench(runners, specs, inputs, cfg, bar, crop=None):
     if out:
         from lungedge.benchmarks.report import write_outputs
 
-        write_outputs(results, out, examples=_examples(results, images, outputs), plots=cfg.plots)
+        write_outputs(results, out, examples=SC.examples(results, images, outputs), plots=cfg.plots)
     return results
-
-
-def _measure_speed(rows, runners, pool, cfg, bar):
-    """Timing phases (and, on a Jetson, tegrastats and energy) into each row; returns (guards, jetson summary)."""
-    sampler = TegrastatsSampler().start()
-    try:
-        b1, bn, guards = _timing(runners, pool, cfg, bar)
-        energy = _energy(runners, pool, sampler, cfg.energy_seconds)
-        jetson = {"tegrastats": summarize([s for _, s in sampler.samples]), "energy": energy} if energy else None
-    finally:
-        sampler.stop()
-    ref = runners[0].name
-    ref_bytes, ref_macs = rows[0]["info"]["bytes"], rows[0]["complexity"].get("macs")
-    for row, r in zip(rows, runners):
-        row["latency"] = _latency_row(b1[r.name], bn[r.name], cfg.batch)
-        row["speedup"] = _speedups(b1[ref], bn[ref], b1[r.name], bn[r.name], cfg.n_boot, cfg.seed)
-        row["size_ratio"] = ref_bytes / row["info"]["bytes"] if row["info"]["bytes"] else None
-        macs = row["complexity"].get("macs")
-        row["macs_ratio"] = ref_macs / macs if ref_macs and macs else None
-        row["energy"] = energy["rows"].get(r.name) if energy else None
-    return guards, jetson
-
-
-def _measure_memory(rows, specs, files, cfg, threads):
-    """Peak RSS of each row in its own subprocess (None when ``memory_runs`` is 0)."""
-    for row, spec in zip(rows, specs):
-        row["memory"] = None
-        if cfg.memory_runs:
-            mem_spec = {k: spec[k] for k in ("torch_run", "bundle", "artifact", "backend", "inference_precision")
-                        if k in spec}
-            row["memory"] = measure_peak_rss(mem_spec, files, n=cfg.memory_runs, threads=threads)
 
 
 def _manifest_summary(runner):
@@ -484,156 +320,3 @@ def _manifest_summary(runner):
             "baseline": prov.get("baseline"), "git_commit": prov.get("git_commit"), "created": prov.get("created")}
 
 
-def _label_counts(images):
-    counts = {}
-    for im in images:
-        counts[im.label] = counts.get(im.label, 0) + 1
-    return counts
-
-
-def _score_classification(sc):
-    rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
-    val, labels, positive, groups = sc.val, sc.labels, sc.positive, sc.groups
-    test_idx = np.array([labels.index(im.label) for im in images])
-    val_idx = np.array([labels.index(im.label) for im in val])
-    pos = labels.index(positive)
-    scored = {}
-    for i, (row, r) in enumerate(zip(rows, runners)):
-        manifest = r.manifest if r.kind == "bundle" else None
-        probs_t = _probs(outputs[r.name]["test"])
-        if cfg.thresholds == "bundle":
-            if r.stored_threshold is None:
-                raise BundleError(f"{r.name} ships no threshold for {positive!r} (a torch run needs the metrics.json "
-                                  "of lungedge train); evaluate with --thresholds val on a folder with a val split")
-            row["accuracy"] = A.score_classification_at(labels, positive, test_idx, probs_t, r.stored_threshold)
-        else:
-            rule = A.threshold_rule_for(manifest) if row["role"] == "variant" else "youden"
-            ref_sens = None
-            if i and rule == A.MATCH_BASELINE:
-                ref_sens = rows[0]["accuracy"]["val"].get("sensitivity")
-            probs_v = _probs(outputs[r.name]["val"])
-            row["accuracy"] = A.score_classification(labels, positive, val_idx, probs_v, test_idx, probs_t, rule,
-                                                     ref_sens)
-            row["per_image_val_probabilities"] = probs_v.tolist()
-        row["per_image_probabilities"] = probs_t.tolist()
-        row["accuracy"]["test_ci"] = _test_cis(test_idx == pos, probs_t[:, pos], row["accuracy"]["threshold"],
-                                               groups, cfg)
-        row["tolerances"], row["tolerance_source"] = A.tolerances_for(manifest if row["role"] == "variant" else None)
-        scored[r.name] = {"probs": probs_t, "threshold": row["accuracy"]["threshold"]}
-    ref = scored[runners[0].name]
-    for row, r in zip(rows[1:], runners[1:]):
-        var = scored[r.name]
-        row["fidelity"] = A.fidelity_classification(ref["probs"], var["probs"], pos, ref["threshold"], var["threshold"])
-        row["deltas"] = A.classification_deltas(labels, positive, test_idx, groups, ref, var, row["tolerances"],
-                                                cfg.n_boot, cfg.seed)
-        row["verdict"] = A.overall_verdict(row["deltas"])
-    rows[0]["fidelity"], rows[0]["deltas"], rows[0]["verdict"] = None, None, None
-
-
-def _test_cis(y, scores, threshold, groups, cfg):
-    """AUC, sensitivity and specificity of the positive label on the evaluated split with patient-bootstrap CIs."""
-    from lungedge import metrics as M
-    from lungedge.metrics import bootstrap as S
-    from lungedge.metrics import strict_sensitivity, strict_specificity
-
-    y = np.asarray(y).astype(int)
-    calls = (np.asarray(scores) >= threshold).astype(int)
-    out = {}
-    for name, fn, s in (("auc", M.roc_auc, scores), ("sensitivity", strict_sensitivity, calls),
-                        ("specificity", strict_specificity, calls)):
-        try:
-            out[name] = S.bootstrap_ci(fn, y, s, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed)
-        except M.MetricError as exc:
-            out[name] = {"error": str(exc)}
-    return out
-
-
-def _score_calibration(sc):
-    """ECE (equal-mass bins), Brier score and reliability curve of P(positive) per row, and the change from the
-    reference with paired patient-bootstrap intervals."""
-    rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
-    labels, positive, groups = sc.labels, sc.positive, sc.groups
-    from lungedge.metrics import bootstrap as S
-    from lungedge.metrics import calibration as C
-
-    pos = labels.index(positive)
-    y = np.array([int(im.label == positive) for im in images])
-    probs = {r.name: _probs(outputs[r.name]["test"])[:, pos] for r in runners}
-    ref = runners[0].name
-
-    def ece(yy, p):
-        return C.expected_calibration_error(yy, p, cfg.calibration_bins)
-
-    for row, r in zip(rows, runners):
-        row["calibration"] = C.calibration_report(y, probs[r.name], cfg.calibration_bins)
-        if r.name == ref:
-            row["calibration"]["delta"] = None
-            continue
-        delta = {}
-        for name, fn in (("ece", ece), ("brier", C.brier_score)):
-            try:
-                delta[name] = S.paired_bootstrap(fn, y, probs[ref], probs[r.name], groups=groups,
-                                                 n_boot=cfg.n_boot, seed=cfg.seed)
-            except ValueError as exc:
-                delta[name] = {"error": str(exc)}
-        row["calibration"]["delta"] = delta
-
-
-def _score_subgroups(sc):
-    """Per-subgroup tables (``subgroups.subgroup_tables``) for the configured columns, or None."""
-    rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
-    labels, positive, groups = sc.labels, sc.positive, sc.groups
-    if not cfg.subgroups:
-        return None
-    from lungedge.benchmarks.subgroups import MAX_DROP, MIN_N, Cases, SubgroupOptions, subgroup_tables
-
-    attributes = [dict(im.extra, label=im.label) for im in images]
-    y_idx = np.array([labels.index(im.label) for im in images])
-    table_rows = [{"name": r.name, "probs": _probs(outputs[r.name]["test"]), "threshold": row["accuracy"]["threshold"]}
-                  for row, r in zip(rows, runners)]
-    tables = subgroup_tables(cfg.subgroups, Cases(attributes, y_idx, groups, labels, positive), table_rows,
-                             SubgroupOptions(n_boot=cfg.subgroup_n_boot, seed=cfg.seed))
-    return {"columns": list(cfg.subgroups), "min_n": MIN_N, "max_drop": MAX_DROP, "tables": tables}
-
-
-def _score_segmentation(sc):
-    rows, runners, outputs, images, cfg = sc.rows, sc.runners, sc.outputs, sc.images, sc.cfg
-    groups = sc.groups
-    masks = {r.name: [o["mask"] for o in outputs[r.name]["test"]] for r in runners}
-    for row, r in zip(rows, runners):
-        row["accuracy"] = A.score_segmentation(masks[r.name], images)
-        row["tolerances"], row["tolerance_source"] = A.tolerances_for(r.manifest if row["role"] == "variant" else None)
-    ref_name = runners[0].name
-    ref_dice = rows[0]["accuracy"]["per_image"]["dice"]
-    for row, r in zip(rows[1:], runners[1:]):
-        row["fidelity"] = A.fidelity_segmentation(masks[ref_name], masks[r.name])
-        row["deltas"] = A.segmentation_deltas(groups, ref_dice, row["accuracy"]["per_image"]["dice"],
-                                              row["tolerances"], cfg.n_boot, cfg.seed)
-        row["verdict"] = A.overall_verdict(row["deltas"])
-    rows[0]["fidelity"], rows[0]["deltas"], rows[0]["verdict"] = None, None, None
-
-
-def _examples(results, images, outputs, k=4):
-    """Images where the least faithful variant and the reference disagree most (for the overlay figure)."""
-    rows = results["rows"]
-    if len(rows) < 2:
-        return None
-    ref = rows[0]["name"]
-    if results["task"] == "classification":
-        pos = results["labels"].index(results["positive_label"])
-        worst_row = max(rows[1:], key=lambda r: r["fidelity"]["mean_abs_delta_positive"])
-        a = np.array([o["probabilities"][pos] for o in outputs[ref]["test"]])
-        b = np.array([o["probabilities"][pos] for o in outputs[worst_row["name"]]["test"]])
-        order = np.argsort(-np.abs(a - b))[:k]
-        return {"task": "classification", "variant": worst_row["name"], "reference": ref,
-                "items": [{"image": images[i].array, "file": os.path.basename(images[i].file),
-                           "label": images[i].label, "reference_p": float(a[i]), "variant_p": float(b[i])}
-                          for i in order]}
-    worst_row = min(rows[1:], key=lambda r: r["fidelity"]["dice_to_baseline"]["mean"])
-    per = np.array(worst_row["fidelity"]["per_image_dice_to_baseline"])
-    order = np.argsort(per)[:k]
-    return {"task": "segmentation", "variant": worst_row["name"], "reference": ref,
-            "items": [{"image": images[i].array, "file": os.path.basename(images[i].file), "gt": images[i].mask,
-                       "reference_mask": outputs[ref]["test"][i]["mask"],
-                       "variant_mask": outputs[worst_row["name"]]["test"][i]["mask"],
-                       "dice_to_baseline": float(per[i])} for i in order]}

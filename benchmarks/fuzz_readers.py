@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: one harness; the per-format corpus builders, mutators and the typed-outcome runner change together.
 """Mutation fuzzing of the readers: every mutated file must read or raise a LungedgeError, and print nothing.
 
     python -m lungedge.benchmarks.fuzz_readers --n 100000 --out docs/benchmarks/fuzz [--data ../shared/data]

@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: every section of the bench report (JSON, Markdown, terminal table) reads one results dict.
 """Benchmark results as files: JSON (every raw number), a Markdown report, a one-screen terminal table, plots.
 
 Markdown is always rendered from the results dict (or the JSON it was saved as), never edited by hand, so a

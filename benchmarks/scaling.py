@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: the parent (series writing, subprocess per size, fit, report) and the child it runs.
 """CT study scaling: study latency and peak memory against the number of slices, with a fitted per-slice cost.
 
 Studies of 10, 50, 100 and 300 slices are assembled from the real CT PNGs of the dev pack (cycled when there
