@@ -40,9 +40,4 @@ def config_from_dict(cls, data):
     """``cls(**data)`` refusing keys ``cls`` does not declare, as ConfigError (a ValueError)."""
     from lungedge.runtime.configs import config_from_dict as plain
 
-    try:
-        return plain(cls, data)
-    except ConfigError:
-        raise
-    except ValueError as exc:
-        raise ConfigError(f"{exc}; remove or rename them") from None
+    return plain(cls, data, ConfigError, "remove or rename them")

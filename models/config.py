@@ -34,12 +34,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d):
-        try:
-            return config_from_dict(cls, d)
-        except TrainConfigError:
-            raise
-        except ValueError as exc:
-            raise TrainConfigError(f"{exc}; fix config.json or the training flags") from None
+        return config_from_dict(cls, d, TrainConfigError, "fix config.json or the training flags")
 
     def resolved(self):
         """Fill the task's default architecture and input size."""
