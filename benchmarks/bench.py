@@ -30,6 +30,7 @@ from lungedge.benchmarks.runners import (
     parse_variant,
     resolve_backends,
 )
+from lungedge.runtime.enums import BackendName, TaskKind
 from lungedge.runtime.errors import BundleError, ConfigError
 
 SCHEMA = "lungedge.bench/1"
@@ -116,7 +117,7 @@ def _on_backends(path, key, cpu):
 
     art = Bundle.load(path, verify=False).manifest["artifacts"][key]
     base = {"bundle": path, "artifact": key}
-    if art.get("backend") != "onnxruntime" or art.get("format", "onnx") != "onnx":
+    if art.get("backend") != BackendName.ONNXRUNTIME or art.get("format", "onnx") != "onnx":
         return [base]
     return [dict(base, **backend_spec(b)) for b in cpu]
 
@@ -256,7 +257,7 @@ def _bench(runners, specs, inputs, cfg, bar, crop=None):
     task, labels, positive = ref.task, ref.labels, ref.positive_label
     started = time.time()
     images = load_split(data, split, task, labels, cfg.max_images, bar(f"read {split}") if bar else None, crop)
-    refit = task == "classification" and cfg.thresholds == "val"
+    refit = task == TaskKind.CLASSIFICATION and cfg.thresholds == "val"
     val = (load_split(data, "val", task, labels, cfg.max_images, bar("read val") if bar else None, crop)
            if refit else [])
     groups = group_numbers(images)
@@ -266,7 +267,7 @@ def _bench(runners, specs, inputs, cfg, bar, crop=None):
     rows = [{"name": r.name, "role": s["role"], "info": r.info, "manifest": _manifest_summary(r),
              "complexity": SP.complexity(r)} for r, s in zip(runners, specs)]
     scoring = SC.Scoring(rows, runners, outputs, images, val, labels, positive, groups, cfg)
-    if task == "classification":
+    if task == TaskKind.CLASSIFICATION:
         SC.score_classification(scoring)
         SC.score_calibration(scoring)
         subgroups = SC.score_subgroups(scoring)
@@ -283,15 +284,15 @@ def _bench(runners, specs, inputs, cfg, bar, crop=None):
         "reference": ref.name,
         "data": {"dir": os.path.abspath(data), "name": os.path.basename(os.path.normpath(data)), "split": split,
                  "n_images": len(images), "n_patients": len(set(groups)), "n_val_images": len(val),
-                 "label_counts": SC.label_counts(images) if task == "classification" else None,
+                 "label_counts": SC.label_counts(images) if task == TaskKind.CLASSIFICATION else None,
                  "threshold_fit_split": "val" if refit else None,
-                 "threshold_source": ("val" if refit else "bundle") if task == "classification" else None,
+                 "threshold_source": ("val" if refit else "bundle") if task == TaskKind.CLASSIFICATION else None,
                  "threshold_fit_on_evaluated_split": refit and split == "val",
                  "lung_crop": crop.spec if crop else None},
         "subgroups": subgroups,
         "per_image": {"files": [os.path.basename(im.file) for im in images], "groups": groups,
-                      "labels": [im.label for im in images] if task == "classification" else None,
-                      "val_labels": [im.label for im in val] if task == "classification" else None},
+                      "labels": [im.label for im in images] if task == TaskKind.CLASSIFICATION else None,
+                      "val_labels": [im.label for im in val] if task == TaskKind.CLASSIFICATION else None},
         "config": dict(asdict(cfg), threads=threads),
         "command": command_line(inputs, cfg),
         "environment": describe(threads),

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from lungedge.runtime.datasets import read_labelled_folder, select
+from lungedge.runtime.enums import TaskKind
 from lungedge.runtime.errors import InputError
 from lungedge.runtime.io import read_any
 
@@ -53,7 +54,7 @@ def load_split(data_dir, split, task, labels=None, max_images=None, progress=Non
     external folder). crop: a ``runtime.pipelines.LungCrop`` applied to every decoded image (classifiers
     trained on lung crops)."""
     records = select(read_labelled_folder(data_dir), split=split)
-    if task == "classification":
+    if task == TaskKind.CLASSIFICATION:
         records = [r for r in records if r.label is not None and (labels is None or r.label in labels)]
         if max_images:
             records = limit_per_label(records, max_images)
@@ -66,7 +67,7 @@ def load_split(data_dir, split, task, labels=None, max_images=None, progress=Non
     out = []
     for r in (progress(records) if progress else records):
         array, meta = read_any(r.image)
-        mask = read_mask(r.mask) if task == "segmentation" else None
+        mask = read_mask(r.mask) if task == TaskKind.SEGMENTATION else None
         if mask is not None and mask.shape != array.shape[-2:]:
             raise InputError(f"{r.image}: mask {mask.shape} and image {array.shape} differ in size")
         if crop is not None:

@@ -17,6 +17,7 @@ import sys
 
 from lungedge.benchmarks import report as R
 from lungedge.benchmarks import scaling as SC
+from lungedge.runtime.enums import Precision
 
 XRAY_SPEEDUP, XRAY_SMALLER, XRAY_AUC_DROP, XRAY_SENS_DROP = 20.0, 8.0, 0.01, 0.02
 SEG_SPEEDUP, SEG_DICE_DROP = 8.0, 0.01
@@ -115,7 +116,7 @@ def xray_targets(results):
         return f"{R.fmt(mb, 0)} MB", _status_below(mb, RSS_MB)
 
     checks = [speed, size, auc, sens, share, rss]
-    candidates = [r for r in results["rows"] if r["role"] == "variant" and r["info"]["precision"] == "int8"]
+    candidates = [r for r in results["rows"] if r["role"] == "variant" and r["info"]["precision"] == Precision.INT8]
     row = _pick(candidates, checks[:4])
     if row is None:
         return [_target(n, "no INT8 variant in the run", "not measured", results) for n in names]
@@ -170,7 +171,7 @@ def clinical_targets(results):
         m = e["rows"][ref["name"]][metric]
         out.append(_target(name, f"{metric} {_ci(m)} (n={e['n']})", _status_at_least_ci(m, limit), results, ref))
     sub = results.get("subgroups")
-    candidates = [r for r in results["rows"] if r["role"] == "variant" and r["info"]["precision"] == "int8"]
+    candidates = [r for r in results["rows"] if r["role"] == "variant" and r["info"]["precision"] == Precision.INT8]
     if not sub or not candidates:
         out.append(_target(names[4], "needs --subgroups and an INT8 variant", "not measured", results))
         return out

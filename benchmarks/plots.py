@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from lungedge import metrics as M
+from lungedge.runtime.enums import TaskKind
 
 
 def _plt():
@@ -54,7 +55,7 @@ def roc(results, path):
 
 
 def _accuracy_value(results, row):
-    if results["task"] == "classification":
+    if results["task"] == TaskKind.CLASSIFICATION:
         return (row["accuracy"].get("test") or {}).get("auc"), "AUC (positive label)"
     return row["accuracy"]["summary"]["dice"]["mean"], "mean DICE"
 
@@ -115,7 +116,7 @@ def examples(ex, path):
     for ax, item in zip(axes, ex["items"]):
         ax.imshow(item["image"], cmap="gray")
         ax.axis("off")
-        if ex["task"] == "segmentation":
+        if ex["task"] == TaskKind.SEGMENTATION:
             for mask, color in ((item["gt"] == 1, "lime"), (item["reference_mask"] > 0, "deepskyblue"),
                                 (item["variant_mask"] > 0, "red")):
                 if mask.any():
@@ -125,7 +126,7 @@ def examples(ex, path):
             ax.set_title(f"{item['file'][:22]} ({item['label']})\nref p={item['reference_p']:.3f}  "
                          f"var p={item['variant_p']:.3f}", fontsize=7)
     legend = ("green: ground truth, blue: " + ex["reference"] + ", red: " + ex["variant"]
-              if ex["task"] == "segmentation" else f"p = positive-label probability; {ex['reference']} vs {ex['variant']}")
+              if ex["task"] == TaskKind.SEGMENTATION else f"p = positive-label probability; {ex['reference']} vs {ex['variant']}")
     fig.text(0.5, 0.01, legend, ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     fig.savefig(path, dpi=110)
@@ -227,7 +228,7 @@ def subgroup_bars(results, path):
 def plot_all(results, out_dir, examples_data=None):
     """Every figure that applies to this run; returns the paths written."""
     written = []
-    if results["task"] == "classification":
+    if results["task"] == TaskKind.CLASSIFICATION:
         written.append(roc(results, os.path.join(out_dir, "roc.png")))
         written.append(reliability(results, os.path.join(out_dir, "reliability.png")))
         written.append(subgroup_bars(results, os.path.join(out_dir, "subgroups.png")))

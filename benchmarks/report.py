@@ -11,6 +11,7 @@ import json
 import math
 import os
 
+from lungedge.runtime.enums import TaskKind
 from lungedge.runtime.jsonable import NonFinite, from_jsonable
 from lungedge.runtime.jsonable import to_jsonable as _to_jsonable
 
@@ -88,7 +89,7 @@ def _precision(row):
 def _headline_accuracy(results, row):
     """(label, value) pairs of the task's headline metrics for one row."""
     acc = row.get("accuracy") or {}
-    if results["task"] == "classification":
+    if results["task"] == TaskKind.CLASSIFICATION:
         test = acc.get("test") or {}
         return [("AUC", fmt(test.get("auc"))), ("Sens", fmt(test.get("sensitivity"))),
                 ("Spec", fmt(test.get("specificity")))]
@@ -99,14 +100,14 @@ def _headline_accuracy(results, row):
 
 def _headline_delta(results, row):
     deltas = row.get("deltas") or {}
-    key = "auc" if results["task"] == "classification" else "dice"
+    key = "auc" if results["task"] == TaskKind.CLASSIFICATION else "dice"
     return fmt_ci(deltas.get(key)) if deltas else "(reference)"
 
 
 def summary_rows(results):
     """The one-screen table as a header and rows of strings (shared by terminal and Markdown)."""
     metric_names = [name for name, _ in _headline_accuracy(results, results["rows"][0])]
-    delta_name = "dAUC [95% CI]" if results["task"] == "classification" else "dDICE [95% CI]"
+    delta_name = "dAUC [95% CI]" if results["task"] == TaskKind.CLASSIFICATION else "dDICE [95% CI]"
     header = (["variant", "precision", "MB", "MMACs", "b1 p50 ms", "speedup b1", "bN img/s", "RSS MB"]
               + metric_names + [delta_name, "verdict"])
     rows = []
@@ -194,7 +195,7 @@ def md_table(header, rows):
 
 def _accuracy_section(results):
     rows = results["rows"]
-    if results["task"] == "classification":
+    if results["task"] == TaskKind.CLASSIFICATION:
         keys = ("auc", "sensitivity", "specificity", "precision", "accuracy", "f1", "f2")
         header = ["variant", "threshold (val)"] + [k if k != "auc" else "AUC" for k in keys] + ["TP", "FP", "FN", "TN"]
         table = []
@@ -311,7 +312,7 @@ def _subgroup_section(results):
 
 def _fidelity_section(results):
     table = []
-    if results["task"] == "classification":
+    if results["task"] == TaskKind.CLASSIFICATION:
         header = ["variant", "label agreement", "positive-call agreement", "mean |dp|", "max |dp|"]
         for row in results["rows"][1:]:
             f = row["fidelity"]

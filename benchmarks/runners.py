@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from lungedge.runtime.enums import BackendName
+from lungedge.runtime.enums import BackendName, TaskKind
 from lungedge.runtime.errors import BundleError
 
 RUNNABLE_BACKENDS = (BackendName.ONNXRUNTIME.value, BackendName.TENSORRT.value)
@@ -48,16 +48,16 @@ def resolve_backends(requested):
 
 def backend_spec(cpu_backend):
     """Row-spec keys for a CPU backend name: {} for ONNX Runtime, backend + inference precision for OpenVINO."""
-    if cpu_backend == "onnxruntime":
+    if cpu_backend == BackendName.ONNXRUNTIME:
         return {}
     return {"backend": "openvino", "inference_precision": cpu_backend.split("-", 1)[1]}
 
 
 def artifact_runnable(art):
     """True when this machine could run the artifact: ONNX on ONNX Runtime, or an engine where TensorRT imports."""
-    if art.get("backend") == "onnxruntime":
+    if art.get("backend") == BackendName.ONNXRUNTIME:
         return art.get("format", "onnx") == "onnx"
-    if art.get("backend") == "tensorrt" and art.get("format") in ENGINE_FORMATS:
+    if art.get("backend") == BackendName.TENSORRT and art.get("format") in ENGINE_FORMATS:
         try:
             import tensorrt  # noqa: F401
         except ImportError:
@@ -103,9 +103,9 @@ class BundleRunner:
 
         bundle = Bundle.load(path)
         art = bundle.manifest["artifacts"][artifact]
-        if backend == "openvino":  # the same ONNX file on OpenVINO, precision pinned
+        if backend == BackendName.OPENVINO:  # the same ONNX file on OpenVINO, precision pinned
             opts = {"threads": threads, "precision": inference_precision, "cache_dir": bundle.cache_dir("openvino")}
-        elif art["backend"] == "onnxruntime":
+        elif art["backend"] == BackendName.ONNXRUNTIME:
             backend, opts = "onnxruntime", {"threads": threads}
         else:
             backend, opts = art["backend"], {"entry": art, "device": device}
@@ -113,7 +113,7 @@ class BundleRunner:
         m = bundle.manifest
         self.manifest = m
         self.path, self.artifact = path, artifact
-        suffix = f"@openvino-{self.predictor.backend.precision}" if backend == "openvino" else ""
+        suffix = f"@openvino-{self.predictor.backend.precision}" if backend == BackendName.OPENVINO else ""
         self.name = name or f"{m['name']}:{artifact}{suffix}"
         self.task, self.modality = m["task"], m["modality"]
         self.labels, self.positive_label = list(m["labels"]), m.get("positive_label")
@@ -122,13 +122,13 @@ class BundleRunner:
                      "backend": backend, "precision": art["precision"], "format": art.get("format"),
                      "model_path": bundle.path_of(artifact), "bytes": int(os.path.getsize(bundle.path_of(artifact))),
                      "threads": threads, "input_size": list(bundle.input_size)}
-        if backend == "openvino":
+        if backend == BackendName.OPENVINO:
             self.info["inference_precision"] = self.predictor.backend.precision
 
     @property
     def stored_threshold(self):
         """The operating threshold the bundle ships (this artifact's own, else the manifest's), or None."""
-        if self.task != "classification" or self.positive_label is None:
+        if self.task != TaskKind.CLASSIFICATION or self.positive_label is None:
             return None
         art = self.manifest["artifacts"][self.artifact]
         if art.get("threshold") is not None:
@@ -147,7 +147,7 @@ class BundleRunner:
         return self.predictor.backend.run(batch)
 
     def postprocess(self, row, net_meta, meta):
-        if self.task == "classification":
+        if self.task == TaskKind.CLASSIFICATION:
             probs = self.predictor.classify(row)["probabilities"]
             return {"probabilities": np.array([probs[label] for label in self.labels], np.float64)}
         return {"mask": self.predictor.segment(row, net_meta, meta)["mask"]}
@@ -177,13 +177,13 @@ class TorchRunner:
         spec = task(cfg.task)
         self.stored_threshold = None  # the validation threshold recorded by lungedge train, when present
         metrics_path = os.path.join(run_dir, "metrics.json")
-        if spec.kind == "classification" and os.path.isfile(metrics_path):
+        if spec.kind == TaskKind.CLASSIFICATION and os.path.isfile(metrics_path):
             with open(metrics_path, encoding="utf-8") as fh:
                 value = (json.load(fh).get("val") or {}).get("threshold")
             self.stored_threshold = None if value is None else float(value)
         self.task, self.modality = spec.kind, spec.modality
         self.labels = list(spec.labels)
-        self.positive_label = spec.positive_label if spec.kind == "classification" else None
+        self.positive_label = spec.positive_label if spec.kind == TaskKind.CLASSIFICATION else None
         self.steps = config.get("preprocessing") or spec.steps(cfg.size)
         self.size = cfg.size
         self.mask_threshold = 0.5  # the threshold models.train.evaluate scores segmentation at
@@ -210,7 +210,7 @@ class TorchRunner:
         from lungedge.runtime.predictor import sigmoid, softmax
         from lungedge.runtime.preprocess import undo_letterbox
 
-        if self.task == "classification":
+        if self.task == TaskKind.CLASSIFICATION:
             return {"probabilities": softmax(np.asarray(row, np.float64).ravel())}
         mask = (sigmoid(np.asarray(row[0], np.float32)) >= self.mask_threshold).astype(np.uint8)
         box = net_meta.get("letterbox")

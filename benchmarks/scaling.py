@@ -322,7 +322,7 @@ def _command(cfg, out):
         parts += ["--classifier", classifier]
     parts += ["--data"] + list(data_dirs) + ["--slices"] + [str(s) for s in slices]
     parts += ["--repeats", str(repeats), "--batch", str(batch), "--threads", str(threads)]
-    if backend != "onnxruntime":
+    if backend != BackendName.ONNXRUNTIME:
         parts += ["--backend", backend]
     parts += ["--source", source] + (["--dicom-size", str(dicom_size)] if source == "dicom" else [])
     if out:

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from lungedge.benchmarks import accuracy as A
+from lungedge.runtime.enums import TaskKind
 from lungedge.runtime.errors import BundleError
 
 
@@ -161,7 +162,7 @@ def examples(results, images, outputs, k=4):
     if len(rows) < 2:
         return None
     ref = rows[0]["name"]
-    if results["task"] == "classification":
+    if results["task"] == TaskKind.CLASSIFICATION:
         pos = results["labels"].index(results["positive_label"])
         worst_row = max(rows[1:], key=lambda r: r["fidelity"]["mean_abs_delta_positive"])
         a = np.array([o["probabilities"][pos] for o in outputs[ref]["test"]])

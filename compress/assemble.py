@@ -23,7 +23,7 @@ from lungedge.compress.quality import quality_calibration
 from lungedge.compress.run import brief, onnx_probabilities
 from lungedge.models.evaluate import evaluate
 from lungedge.runtime.bundle import SCHEMA_VERSION, artifact_entry, find_artifact, sha256_file, write_manifest
-from lungedge.runtime.enums import BackendName
+from lungedge.runtime.enums import BackendName, Precision, TaskKind
 from lungedge.runtime.jsonable import NonFinite, to_jsonable
 from lungedge.runtime.provenance import git_commit  # noqa: F401  (re-exported: compress.pipeline.git_commit)
 
@@ -104,7 +104,7 @@ def write_golden(bundle_dir, fp32_path, images, measured, threads=None):
 
 def base_manifest(spec, size, name, description="", steps=None):
     """The data half of a manifest (everything but artifacts, golden, provenance, metrics)."""
-    out_shape = [-1, len(spec.labels)] if spec.kind == "classification" else [-1, 1, size, size]
+    out_shape = [-1, len(spec.labels)] if spec.kind == TaskKind.CLASSIFICATION else [-1, 1, size, size]
     manifest = {"schema_version": SCHEMA_VERSION, "name": name, "task": spec.kind, "modality": spec.modality,
                 "input": {"name": INPUT_NAME, "shape": [-1, 1, size, size], "dtype": "float32",
                           "value_range": [-2.0, 2.0]},
@@ -134,7 +134,7 @@ def _artifact_entries(run, staging, variants, golden_images, ref):
             backend, extra["flavour"] = "tensorrt-source", "tensorrt"
         else:
             backend = "onnxruntime"
-            if precision == "int8":
+            if precision == Precision.INT8:
                 extra["flavour"] = "ort_cpu"
         if "qdq" in report:
             extra["qdq"] = {k: v for k, v in report["qdq"].items() if not isinstance(v, (list, dict))}
@@ -155,7 +155,7 @@ def bundle_name(run, prune_report, artifacts):
     name = f"{run.recipe.task}-{shipped_arch(run)}"
     if prune_report and prune_report["config"]["macs_ratio"] < 1.0:
         name += f"-p{int(round(prune_report['config']['macs_ratio'] * 100))}"
-    return name + ("-int8" if any(a["precision"] == "int8" for a in artifacts.values()) else "-fp32")
+    return name + ("-int8" if any(a["precision"] == Precision.INT8 for a in artifacts.values()) else "-fp32")
 
 
 def write_bundle(run, results, staging, time_runs=0):
@@ -172,7 +172,7 @@ def write_bundle(run, results, staging, time_runs=0):
     golden = write_golden(bundle_dir, fp32, golden_images, measured, run.threads)
     default = default_artifact(artifacts)
     cpu_default = choose_for_bundle(run, bundle_dir, artifacts, golden, golden_images, ref)
-    thresholds = ({spec.positive_label: artifacts[default]["threshold"]} if spec.kind == "classification"
+    thresholds = ({spec.positive_label: artifacts[default]["threshold"]} if spec.kind == TaskKind.CLASSIFICATION
                   else {"mask": 0.5})
 
     manifest = base_manifest(spec, run.size, bundle_name(run, results.prune, artifacts), recipe.description,

@@ -23,6 +23,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from lungedge.compress.errors import CalibrationError
 from lungedge.runtime.datasets import Record, read_manifest_csv, select
+from lungedge.runtime.enums import TaskKind
 from lungedge.runtime.errors import InputError
 from lungedge.runtime.preprocess import check_steps, preprocess
 
@@ -197,7 +198,7 @@ def training_reader(data_dir, spec, steps, input_name, limit=None, crop=None):
     (the records ``models.data.load_split`` trains on).
     """
     records = select(read_manifest_csv(data_dir), split="train")
-    if spec.kind == "classification":
+    if spec.kind == TaskKind.CLASSIFICATION:
         records = [r for r in records if r.label in spec.labels]
     else:
         records = [r for r in records if r.mask]

@@ -19,6 +19,7 @@ import numpy as np
 
 from lungedge.compress import gate as G
 from lungedge.models.evaluate import evaluate
+from lungedge.runtime.enums import BackendName
 
 RULE = ("lowest batch-1 median latency, interleaved, among candidates whose validation outputs pass the gate "
         "at the artifact's recorded threshold")
@@ -36,7 +37,7 @@ def candidates(artifacts, ov_precisions):
     out = []
     for key in sorted(artifacts):
         art = artifacts[key]
-        if art.get("backend") != "onnxruntime" or art.get("format", "onnx") != "onnx":
+        if art.get("backend") != BackendName.ONNXRUNTIME or art.get("format", "onnx") != "onnx":
             continue
         out.append((key, "onnxruntime", None))
         out.extend((key, "openvino", p) for p in ov_precisions)
@@ -46,7 +47,7 @@ def candidates(artifacts, ov_precisions):
 def open_candidate(path, backend, precision, threads, cache_dir=None):
     from lungedge.runtime.backends import create_backend
 
-    if backend == "openvino":
+    if backend == BackendName.OPENVINO:
         return create_backend("openvino", path, precision=precision, threads=threads, cache_dir=cache_dir)
     return create_backend("onnxruntime", path, threads=threads)
 

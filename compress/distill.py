@@ -27,6 +27,7 @@ from lungedge.models.data import AUGMENT_LEVELS, BatchAugment, source_balanced_w
 from lungedge.models.evaluate import evaluate, predict
 from lungedge.models.losses import class_weights, segmentation_loss
 from lungedge.models.optim import Stepper, make_optimizer
+from lungedge.runtime.enums import TaskKind
 
 SEG_KD_MODES = ("bce", "mse")
 
@@ -93,7 +94,7 @@ def pixel_kd_loss(student_logits, teacher_logits, mode="bce", temperature=1.0):
 
 def kd_loss(kind, student_logits, teacher_logits, targets, config, weights=None):
     """``alpha * soft + (1 - alpha) * hard`` for a classification or segmentation batch."""
-    if kind == "classification":
+    if kind == TaskKind.CLASSIFICATION:
         soft = soft_target_loss(student_logits, teacher_logits, config.temperature)
         hard = F.cross_entropy(student_logits, targets, weight=weights)
     else:
@@ -140,7 +141,7 @@ def distill(teacher, student, spec, train_ds, val_ds, config, teacher_size=None,
     teacher = _frozen(teacher)
     gen = torch.Generator().manual_seed(config.seed)
     sample_weights = None
-    if config.balance == "source" and spec.kind == "classification":
+    if config.balance == "source" and spec.kind == TaskKind.CLASSIFICATION:
         sample_weights = source_balanced_weights(train_ds.sources, train_ds.targets)
     if config.augment and sample_weights is not None:
         sampler = torch.utils.data.WeightedRandomSampler(sample_weights.tolist(), len(train_ds), replacement=True,
@@ -155,7 +156,7 @@ def distill(teacher, student, spec, train_ds, val_ds, config, teacher_size=None,
     steps = len(loader) if not config.steps_per_epoch else min(len(loader), config.steps_per_epoch)
     opt, sched = make_optimizer(student, config, steps)
     weights = (class_weights(train_ds.targets, len(spec.labels), sample_weights)
-               if spec.kind == "classification" else None)
+               if spec.kind == TaskKind.CLASSIFICATION else None)
     teaching = _Teaching(teacher, teacher_size, spec.kind, config, weights,
                          BatchAugment(config.augment_level, gen) if config.augment else None)
     stepper = Stepper(opt, sched)

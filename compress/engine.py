@@ -45,7 +45,7 @@ class EngineConfig:
         if self.dla_core is not None:
             if int(self.dla_core) < 0:
                 raise ConfigError(f"dla_core must be None or >= 0, got {self.dla_core}")
-            if self.precision == "fp32":
+            if self.precision == Precision.FP32:
                 raise ConfigError("DLA runs FP16 and INT8 only; use precision 'fp16' or 'int8' with dla_core")
 
     @classmethod
@@ -172,12 +172,12 @@ def _has_fp16(onnx_path):
 
 def _check_model_for(config, onnx_path, trt_version):
     """Refuse model/precision pairs that would silently build something else than asked."""
-    if config.precision == "int8" and not _has_qdq(onnx_path):
+    if config.precision == Precision.INT8 and not _has_qdq(onnx_path):
         raise EngineBuildError("precision 'int8' builds from a QDQ model (quantize_onnx with flavour 'tensorrt'); "
                                f"{os.path.basename(onnx_path)} has no Q/DQ nodes")
-    if config.precision != "int8" and _has_qdq(onnx_path):
+    if config.precision != Precision.INT8 and _has_qdq(onnx_path):
         raise EngineBuildError(f"{os.path.basename(onnx_path)} is a QDQ model: build it with precision 'int8'")
-    if parse_version(trt_version)[0] >= 11 and config.precision == "fp16" and not _has_fp16(onnx_path):
+    if parse_version(trt_version)[0] >= 11 and config.precision == Precision.FP16 and not _has_fp16(onnx_path):
         raise EngineBuildError("TensorRT 11 builds the precision the ONNX types say: convert with convert_fp16() "
                                "for an FP16 engine")
 
@@ -263,13 +263,13 @@ def engine_source(manifest, precision, trt_major):
     """Artifact key an engine of ``precision`` builds from: the TensorRT QDQ model for INT8, else FP32 ONNX
     (the FP16 ONNX on TensorRT 11+, which builds the precision the ONNX types say)."""
     arts = manifest["artifacts"]
-    if precision == "int8":
-        keys = [k for k, a in arts.items() if a["backend"] == "tensorrt-source" and a["precision"] == "int8"]
+    if precision == Precision.INT8:
+        keys = [k for k, a in arts.items() if a["backend"] == "tensorrt-source" and a["precision"] == Precision.INT8]
         if not keys:
             raise CompressError("an INT8 engine builds from the TensorRT QDQ model (artifact onnx-int8-trt); this "
                                 "bundle has none: compress with a recipe quantizing flavour 'tensorrt'")
         return keys[0]
-    if precision == "fp16" and trt_major >= 11:
+    if precision == Precision.FP16 and trt_major >= 11:
         if "onnx-fp16" not in arts:
             raise CompressError("TensorRT 11+ builds FP16 from an FP16 ONNX model; compress with fp16: true")
         return "onnx-fp16"

@@ -21,6 +21,7 @@ import numpy as np
 from lungedge import metrics as M
 from lungedge.compress.errors import ConfigError, config_from_dict
 from lungedge.models.evaluate import evaluate
+from lungedge.runtime.enums import TaskKind
 from lungedge.runtime.predictor import sigmoid, softmax
 
 MATCH_BASELINE = "match_baseline_sensitivity"
@@ -100,7 +101,7 @@ def onnx_logits(path, images, batch_size=32, threads=None):
 
 def fit_threshold(spec, outputs, targets, rule, baseline=None):
     """Operating threshold fitted on validation by ``rule`` (segmentation keeps 0.5)."""
-    if spec.kind != "classification":
+    if spec.kind != TaskKind.CLASSIFICATION:
         return 0.5
     pos = spec.labels.index(spec.positive_label)
     y = (np.asarray(targets) == pos).astype(int)
@@ -127,7 +128,7 @@ def _check(metric, baseline, variant, tolerance):
 
 def judge(kind, baseline, variant, config, name="variant"):
     """Compare two validation metric dicts (``measure``) under ``config``; returns a GateVerdict."""
-    if kind == "classification":
+    if kind == TaskKind.CLASSIFICATION:
         checks = [_check("auc", baseline, variant, config.auc_drop),
                   _check("sensitivity", baseline, variant, config.sensitivity_drop),
                   _check("specificity", baseline, variant, config.specificity_drop)]

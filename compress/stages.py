@@ -31,6 +31,7 @@ from lungedge.compress.run import onnx_probabilities
 from lungedge.models.evaluate import predict
 from lungedge.models.losses import task_loss
 from lungedge.models.registry import build
+from lungedge.runtime.enums import TaskKind
 
 
 def gate_torch(run, model, stage, variant, setting):
@@ -121,7 +122,7 @@ def prune_stage(run, model):
 def export_stage(run, model, path):
     """FP32 ONNX of ``model`` verified against torch on real validation images; returns the verify report."""
     export_onnx(model, path, (run.size, run.size), opset=run.recipe.export.opset,
-                features=run.spec.kind == "classification")
+                features=run.spec.kind == TaskKind.CLASSIFICATION)
     images = run.val_ds.images[:run.recipe.export.verify_images]
     report = verify_onnx(model, path, images, "fp32")
     if not report["passed"]:

@@ -5,6 +5,8 @@ import time
 
 import numpy as np
 
+from lungedge.runtime.enums import TaskKind
+
 
 def time_onnx(path, runs=30, threads=None, warmup=3):
     """Median batch-1 latency (ms) of an ONNX model on ONNX Runtime CPU; indicative only (shared machines)."""
@@ -24,7 +26,7 @@ def time_onnx(path, runs=30, threads=None, warmup=3):
 
 
 def _key_metrics(kind):
-    return ("auc", "sensitivity", "specificity") if kind == "classification" else ("dice",)
+    return ("auc", "sensitivity", "specificity") if kind == TaskKind.CLASSIFICATION else ("dice",)
 
 
 def _mb(n):

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from lungedge.models.errors import TrainConfigError
 from lungedge.runtime.datasets import read_manifest_csv, select
+from lungedge.runtime.enums import TaskKind
 from lungedge.runtime.io.image import read_image
 from lungedge.runtime.preprocess import preprocess
 from lungedge.runtime.tasks import IGNORE  # noqa: F401  (re-exported: one definition, in the runtime)
@@ -41,7 +42,7 @@ class TaskDataset(Dataset):
         self.records, self.spec = list(records), spec
         self.size = size
         steps = steps or spec.steps(size)
-        if crop is not None and spec.kind != "classification":
+        if crop is not None and spec.kind != TaskKind.CLASSIFICATION:
             raise TrainConfigError("a lung crop applies to classification images only; pass crop=None for masks")
         self.images = np.zeros((len(self.records), 1, size, size), np.float32)
         self.targets = []
@@ -50,12 +51,12 @@ class TaskDataset(Dataset):
             if crop is not None:
                 array, meta, _ = crop(array, meta, {"file": os.path.basename(rec.image)})
             self.images[i], meta = preprocess(array, meta, steps)
-            if spec.kind == "classification":
+            if spec.kind == TaskKind.CLASSIFICATION:
                 self.targets.append(spec.labels.index(rec.label))
             else:
                 mask = load_mask(rec.mask, meta["letterbox"])[:size, :size]
                 self.targets.append(mask)
-        self.targets = np.asarray(self.targets, np.int64 if spec.kind == "classification" else np.uint8)
+        self.targets = np.asarray(self.targets, np.int64 if spec.kind == TaskKind.CLASSIFICATION else np.uint8)
         self.patients = [r.patient_id for r in self.records]
         self.sources = [r.extra.get("source", "") for r in self.records]
 
@@ -69,7 +70,7 @@ class TaskDataset(Dataset):
 def load_split(data_dir, spec, split, size, progress=None, steps=None, crop=None):
     """Dataset of one split of a dev-pack style folder (manifest.csv); ``crop``: see ``TaskDataset``."""
     records = select(read_manifest_csv(data_dir), split=split)
-    if spec.kind == "classification":
+    if spec.kind == TaskKind.CLASSIFICATION:
         records = [r for r in records if r.label in spec.labels]
     else:
         records = [r for r in records if r.mask]

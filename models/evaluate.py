@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lungedge.models.data import IGNORE
+from lungedge.runtime.enums import TaskKind
 
 
 @torch.no_grad()
@@ -22,7 +23,7 @@ def evaluate(spec, outputs, targets, threshold=None):
     """Validation/test metrics (kit metrics module); the threshold is fitted on validation when None."""
     from lungedge import metrics as M
 
-    if spec.kind == "classification":
+    if spec.kind == TaskKind.CLASSIFICATION:
         pos = spec.labels.index(spec.positive_label)
         y = (targets == pos).astype(int)
         scores = outputs[:, pos]

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lungedge.models.data import IGNORE
+from lungedge.runtime.enums import TaskKind
 
 
 def class_weights(targets, n, sample_weights=None):
@@ -31,6 +32,6 @@ def segmentation_loss(logits, masks):
 
 def task_loss(kind, weights=None):
     """``loss(logits, targets)`` of a task kind: cross-entropy (``weights``: per class) or ``segmentation_loss``."""
-    if kind == "classification":
+    if kind == TaskKind.CLASSIFICATION:
         return lambda logits, targets: F.cross_entropy(logits, targets, weight=weights)
     return segmentation_loss

@@ -24,6 +24,7 @@ from lungedge.models.evaluate import evaluate, predict
 from lungedge.models.losses import class_weights, segmentation_loss, task_loss
 from lungedge.models.optim import Stepper, make_optimizer, seed_everything
 from lungedge.models.registry import build, kind_of
+from lungedge.runtime.enums import TaskKind
 from lungedge.runtime.tasks import task
 
 # Names older callers import from here (the config, run-folder, loss and evaluation helpers live beside it).
@@ -87,7 +88,7 @@ def train(cfg, out_dir, resume=False):
     model = build(cfg.arch, spec.num_outputs)
     opt, sched = make_optimizer(model, cfg, len(loader))
     weights = None
-    if spec.kind == "classification":
+    if spec.kind == TaskKind.CLASSIFICATION:
         weights = class_weights(train_ds.targets, len(spec.labels), sample_weights)
     loss_fn = task_loss(spec.kind, weights)
     augment_batch = BatchAugment(cfg.augment_level, gen) if cfg.augment else None

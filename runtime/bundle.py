@@ -133,7 +133,7 @@ def _check_cpu_default(manifest):
         raise BundleError(f"cpu_default names artifact {choice['artifact']!r}, which the manifest does not list")
     if choice.get("backend") not in CPU_DEFAULT_BACKENDS:
         raise BundleError(f"cpu_default backend {choice.get('backend')!r} is not one of {CPU_DEFAULT_BACKENDS}")
-    if choice["backend"] == "openvino" and choice.get("inference_precision") not in ("f32", "bf16"):
+    if choice["backend"] == BackendName.OPENVINO and choice.get("inference_precision") not in ("f32", "bf16"):
         raise BundleError(f"cpu_default on openvino needs inference_precision f32 or bf16, "
                           f"got {choice.get('inference_precision')!r}")
     threads = choice.get("threads")

@@ -14,6 +14,7 @@ import numpy as np
 from lungedge.runtime.backends import create_backend
 from lungedge.runtime.backends.base import Backend
 from lungedge.runtime.bundle import Bundle
+from lungedge.runtime.enums import BackendName, TaskKind
 from lungedge.runtime.errors import BundleError, InputError
 from lungedge.runtime.io import read_any
 from lungedge.runtime.ood import OodScorer, area_findings
@@ -116,7 +117,7 @@ class Predictor:
         """(OodScorer or None, why there is none): bundles without a calibration say so in every result."""
         if not self.quality.enabled:
             return None, "quality control is switched off in this bundle's manifest (quality.enabled false)"
-        if self.task != "classification":
+        if self.task != TaskKind.CLASSIFICATION:
             if self.area_bands:
                 return None, "segmenters have no feature-distance check; predicted areas are checked against the " \
                              "bundle's plausible bands (quality.area)"
@@ -136,7 +137,7 @@ class Predictor:
         m = self.manifest
         if self.output_kind not in ("logits", "probabilities"):
             raise BundleError(f"output kind {self.output_kind!r} is not 'logits' or 'probabilities'")
-        if self.task == "segmentation":
+        if self.task == TaskKind.SEGMENTATION:
             return float(m["thresholds"]["mask"]) if "mask" in m["thresholds"] else None
         if self.positive_label is None:
             return None
@@ -165,9 +166,9 @@ class Predictor:
                                   "leave out the precision or choose the backend explicitly")
         else:
             key = bundle.find_artifact(backend, precision)
-        if backend == "tensorrt":
+        if backend == BackendName.TENSORRT:
             opts = {"entry": bundle.manifest["artifacts"][key], "device": device}
-        elif backend == "openvino":
+        elif backend == BackendName.OPENVINO:
             opts = {"threads": threads, "precision": inference_precision,
                     "cache_dir": bundle.cache_dir("openvino")}
         else:
@@ -182,7 +183,7 @@ class Predictor:
         art = self.manifest["artifacts"][self.artifact_key]
         info = {"name": self.name, "task": self.task, "modality": self.modality, "artifact": self.artifact_key,
                 "backend": art["backend"], "precision": art["precision"]}
-        if getattr(self.backend, "name", None) == "openvino":  # same ONNX file, another runtime
+        if getattr(self.backend, "name", None) == BackendName.OPENVINO:  # same ONNX file, another runtime
             info["backend"], info["inference_precision"] = "openvino", self.backend.precision
         return info
 
@@ -264,7 +265,7 @@ class Predictor:
             if i in rows:
                 row = out[rows[i]]
                 self._model_stage(assessment, row, None if features is None else features[rows[i]])
-                if self.task == "classification":
+                if self.task == TaskKind.CLASSIFICATION:
                     result.update(self.classify(row))
                 else:
                     result.update(self.segment(row, net_meta, meta))

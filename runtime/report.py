@@ -45,6 +45,7 @@ import json
 import cv2
 import numpy as np
 
+from lungedge.runtime.enums import TaskKind
 from lungedge.runtime.jsonable import NonFinite, to_jsonable
 from lungedge.runtime.quality import NOT_ASSESSED
 
@@ -84,7 +85,7 @@ def display_image(array, meta):
 def _caption(result):
     if result.get("assessed") is False:
         return f"NOT ASSESSED: {result.get('reason', '')}"[:90]
-    if result.get("task") == "classification":
+    if result.get("task") == TaskKind.CLASSIFICATION:
         label = result["label"]
         return f"{label} {result['probabilities'][label]:.2f}"
     areas = result.get("areas", {})
@@ -134,11 +135,11 @@ def summary_row(name, result=None, error=None):
     row.update(bundle=info.get("name", ""), backend=info.get("backend", ""), precision=info.get("precision", ""))
     if result.get("assessed") is False:
         return row
-    if result.get("task") == "classification":
+    if result.get("task") == TaskKind.CLASSIFICATION:
         positive = result.get("positive_label") or result["label"]
         row.update(label=result["label"], probability=f"{result['probabilities'][positive]:.6f}",
                    positive=result.get("positive", ""))
-    elif result.get("task") == "segmentation":
+    elif result.get("task") == TaskKind.SEGMENTATION:
         row["area_fraction"] = ";".join(f"{k}={v['fraction']:.6f}" for k, v in result["areas"].items())
     else:
         score = result.get("covid_probability")

@@ -10,6 +10,7 @@ import numpy as np
 
 from lungedge.runtime.backends import create_backend
 from lungedge.runtime.bundle import Bundle
+from lungedge.runtime.enums import BackendName
 from lungedge.runtime.errors import BundleError
 
 
@@ -45,9 +46,9 @@ def run_selftest(bundle_dir, backend="onnxruntime", precision=None, threads=None
     if entry["precision"] not in tolerances:
         raise BundleError(f"golden tolerances {sorted(tolerances)} have none for precision {entry['precision']!r}")
     tolerance = float(tolerances[entry["precision"]])
-    if backend == "tensorrt":
+    if backend == BackendName.TENSORRT:
         opts = {"entry": entry}
-    elif backend == "openvino":
+    elif backend == BackendName.OPENVINO:
         opts = {"threads": threads, "precision": inference_precision, "cache_dir": bundle.cache_dir("openvino")}
         if str(inference_precision).lower() == "bf16":
             if "bf16" not in tolerances:
@@ -63,7 +64,7 @@ def run_selftest(bundle_dir, backend="onnxruntime", precision=None, threads=None
         engine.close()
     report = {"bundle": bundle.manifest["name"], "artifact": key, "backend": backend,
               "precision": entry["precision"], "samples": int(inputs.shape[0]), "tolerance": tolerance}
-    if backend == "openvino":
+    if backend == BackendName.OPENVINO:
         report["inference_precision"] = str(inference_precision).lower()
     if got.shape != expected.shape:
         report.update(passed=False, max_abs_diff=None,

@@ -26,7 +26,7 @@ class TaskSpec:
     def steps(self, size, equalize=False):
         """Preprocessing steps (runtime.preprocess) for a square input of side ``size``; ``equalize`` adds
         histogram equalisation (X-ray only)."""
-        if equalize and self.modality != "xray":
+        if equalize and self.modality != Modality.XRAY:
             raise ConfigError("histogram equalisation (equalize) is an X-ray option")
         return xray_steps(size, equalize) if self.modality == Modality.XRAY else ct_steps(size)
 

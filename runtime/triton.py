@@ -25,6 +25,7 @@ import shutil
 import sys
 
 from lungedge.runtime.bundle import MANIFEST, Bundle
+from lungedge.runtime.enums import BackendName, Precision, TaskKind
 from lungedge.runtime.errors import BundleError, ConfigError, LungedgeError
 
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -148,7 +149,7 @@ def _plan_tensors(bundle, key):
     m = bundle.manifest
     arts = m["artifacts"]
     sources = [k for k in (arts[key].get("source"),) if k in arts and arts[k]["format"].startswith("onnx")] or \
-              [k for k, a in arts.items() if a["format"] == "onnx" and a["precision"] == "fp32"]
+              [k for k, a in arts.items() if a["format"] == "onnx" and a["precision"] == Precision.FP32]
     if not sources:
         raise BundleError(f"cannot describe engine {key!r}: the bundle has no ONNX artifact to read its tensor "
                           "names and types from")
@@ -174,9 +175,9 @@ def plan_artifacts(manifest, platforms):
     chosen, skipped = [], []
     for key, art in sorted(manifest["artifacts"].items()):
         is_onnx = art["format"].startswith("onnx")
-        if is_onnx and art["backend"] == "onnxruntime":
+        if is_onnx and art["backend"] == BackendName.ONNXRUNTIME:
             kind = "onnxruntime"
-        elif not is_onnx and art["backend"] == "tensorrt":
+        elif not is_onnx and art["backend"] == BackendName.TENSORRT:
             kind = "tensorrt"
         else:
             skipped.append((key, f"{art['format']} for {art['backend']} is a build input, not a servable model"))
@@ -217,21 +218,21 @@ def export_triton(bundle_dir, repo_dir, max_batch=8, instance_count=1, platforms
 def _write_model(bundle, key, kind, name, repo_dir, max_batch, instance_count, onnx_device):
     m, art = bundle.manifest, bundle.manifest["artifacts"][key]
     source = bundle.path_of(key)
-    inputs, outputs = onnx_tensors(source) if kind == "onnxruntime" else _plan_tensors(bundle, key)
+    inputs, outputs = onnx_tensors(source) if kind == BackendName.ONNXRUNTIME else _plan_tensors(bundle, key)
     batch, inputs, outputs, note = _batch_layout(key, inputs, outputs, max_batch)
     notes = [note] if note else []
-    if kind == "tensorrt" and art.get("max_batch") and batch > int(art["max_batch"]):
+    if kind == BackendName.TENSORRT and art.get("max_batch") and batch > int(art["max_batch"]):
         batch = int(art["max_batch"])
         notes.append(f"{key}: max_batch_size lowered to the engine's profile maximum {batch}")
     labels_output = None
-    if m["task"] == "classification" and outputs[0][2] == ([len(m["labels"])] if batch else [1, len(m["labels"])]):
+    if m["task"] == TaskKind.CLASSIFICATION and outputs[0][2] == ([len(m["labels"])] if batch else [1, len(m["labels"])]):
         labels_output = outputs[0][0]
-    kind_name = INSTANCE_KINDS["gpu" if kind == "tensorrt" else onnx_device]
+    kind_name = INSTANCE_KINDS["gpu" if kind == BackendName.TENSORRT else onnx_device]
     tmp = os.path.join(repo_dir, f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "1"))
     shutil.copyfile(source, os.path.join(tmp, "1", MODEL_FILES[kind]))
-    if kind == "onnxruntime":
+    if kind == BackendName.ONNXRUNTIME:
         for rel in external_data_files(source):
             target = os.path.join(tmp, "1", rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -249,7 +250,7 @@ def _write_model(bundle, key, kind, name, repo_dir, max_batch, instance_count, o
     entry = {"name": name, "artifact": key, "platform": PLATFORMS[kind], "max_batch_size": batch,
              "inputs": [list(t) for t in inputs], "outputs": [list(t) for t in outputs], "kind": kind_name,
              "notes": notes}
-    if kind == "tensorrt":
+    if kind == BackendName.TENSORRT:
         entry["engine_fingerprint"] = {k: art.get(k) for k in ("trt_version", "compute_capability", "device_name")}
         notes.append(f"{key}: loads only in a Triton with TensorRT {art.get('trt_version')} on a "
                      f"{art.get('device_name')} (compute capability {art.get('compute_capability')})")

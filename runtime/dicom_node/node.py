@@ -17,6 +17,7 @@ from lungedge.runtime.dicom_node.forward import Forwarder
 from lungedge.runtime.dicom_node.process import Processor, save_results, selftest_bundles
 from lungedge.runtime.dicom_node.scp import MODALITY_CODES, StorageSCP
 from lungedge.runtime.dicom_node.store import NodeStore
+from lungedge.runtime.enums import TaskKind
 from lungedge.runtime.errors import LungedgeError
 
 log = logging.getLogger("lungedge.dicom_node")
@@ -173,6 +174,6 @@ class DicomNode:
 
 
 def _verdict(result):
-    if result.get("task") == "classification":
+    if result.get("task") == TaskKind.CLASSIFICATION:
         return f"label {result['label']}"
     return f"CT study, severity {result.get('severity')}, score {result.get('covid_probability')}"

@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from lungedge.runtime.enums import Modality
 from lungedge.runtime.errors import InputError, LungedgeError
 from lungedge.runtime.io.image import check_file, check_side, to_gray
 from lungedge.runtime.io.quiet import native_stderr
@@ -212,7 +213,7 @@ def _read_dataset(ds, name):
     modality = _modality(ds, name)
     rows, cols, frames = _check_header(ds, name)
     arr = _frames_gray(_pixels(ds, name), ds, frames, name)
-    if modality == "ct":
+    if modality == Modality.CT:
         apply_modality_lut, _ = _luts()
         out = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
         unit, intensity_max = "HU", None

@@ -2,6 +2,7 @@
 
 import hashlib
 
+from lungedge.runtime.enums import TaskKind
 from lungedge.runtime.service.atomic import split_name
 
 
@@ -16,9 +17,9 @@ def verdict(result):
     """One log phrase for a result: its label, "segmented", a CT study, or why it was not assessed."""
     if result.get("assessed") is False:
         return f"not assessed ({result.get('reason', '')})"
-    if result.get("task") == "classification":
+    if result.get("task") == TaskKind.CLASSIFICATION:
         return f"label {result['label']}"
-    if result.get("task") == "segmentation":
+    if result.get("task") == TaskKind.SEGMENTATION:
         return "segmented"
     return f"CT study, {result.get('slices')} slices"
 
