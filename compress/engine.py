@@ -37,6 +37,7 @@ class EngineConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ConfigError(f"engine precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        object.__setattr__(self, "precision", Precision(self.precision))
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ConfigError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
                              f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")

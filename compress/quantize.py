@@ -22,21 +22,21 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from enum import Enum
 
 import onnx
 
 from lungedge.compress.calibration import CalibrationReader
 from lungedge.compress.errors import CalibrationError, ConfigError, QuantizationError, config_from_dict
 from lungedge.compress.qdq_check import check_ort_qdq, check_tensorrt_qdq
+from lungedge.runtime.enums import StrEnum
 
 
-class Flavour(str, Enum):
+class Flavour(StrEnum):
     ORT_CPU = "ort_cpu"
     TENSORRT = "tensorrt"
 
 
-class CalibrationMethod(str, Enum):
+class CalibrationMethod(StrEnum):
     MINMAX = "minmax"
     ENTROPY = "entropy"
     PERCENTILE = "percentile"
@@ -48,11 +48,11 @@ WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _enum(cls, value, field):
-    """The plain string value of ``value`` in ``cls`` (strings keep recipes, dict keys and JSON simple)."""
+    """The member of ``cls`` for ``value`` (a StrEnum: it is its string in recipes, dict keys and JSON)."""
     try:
-        return cls(value).value
+        return cls(value)
     except ValueError:
-        raise ConfigError(f"{field} {value!r} is not one of {[m.value for m in cls]}") from None
+        raise ConfigError(f"{field} {value!r} is not one of {list(cls.values())}") from None
 
 
 @dataclass(frozen=True)
