@@ -6,9 +6,9 @@ Three stages, each finding with a named reason, the measured value and the limit
   is present and not a chest is refused; a patient younger than the bundle's ``min_age_years`` is flagged.
   The age is read as a number and compared, never logged or reported (the finding names the limit, not the age).
 - **pixels**: blank or near-constant images, saturated or dark-clipped fractions, low dynamic range, low
-  entropy, no spatial structure (noise) and extreme aspect ratios, measured on the image without its
-  letterbox bars. Limits are plain data: ``PIXEL_LIMITS`` per modality, overridden by the manifest's
-  ``quality.pixel``.
+  entropy, no spatial structure (noise), extreme aspect ratios and (X-ray) a CT slice's two-class histogram,
+  measured on the image without its letterbox bars. Limits are plain data: ``PIXEL_LIMITS`` per modality,
+  overridden by the manifest's ``quality.pixel``.
 - **lung_fields** (lungedge.runtime.lung_fields; X-ray pipelines with a lung segmenter): the lung mask must show
   two fields side by side, with bands fitted on in-distribution films and stored in the classifier's manifest.
 - **model** (lungedge.runtime.ood): Mahalanobis distance of the pooled features and energy of the logits,

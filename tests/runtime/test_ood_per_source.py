@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from lungedge.runtime.errors import BundleError
-from lungedge.runtime.ood import NO_SOURCE_FLOOR, OodScorer, calibrate_per_group, group_acceptance, relax_per_group
+from lungedge.runtime.ood import (
+    NO_SOURCE_FLOOR,
+    OodScorer,
+    calibrate_per_group,
+    group_acceptance,
+    relax_per_group,
+)
 
 # Two sources of four images, two scores, thresholds starting at 4: source x accepts 3 of 4 (its b = 6 is above
 # 4), source y 2 of 4 (y2's a = 5, y3's b = 8).
