@@ -286,6 +286,9 @@ def _bundle_info(path):
     lung_fields = (m.get("quality") or {}).get("lung_fields")
     return {"path": path, "name": m["name"], "ood_artifacts": sorted(ood),
             "acceptance": sorted({e.get("acceptance") for e in ood.values()}),
+            "ood_calibration": {k: {f: e.get(f) for f in ("thresholds", "rule", "min_source_acceptance",
+                                                          "val_accepted_by_source", "calibrated_on")}
+                                for k, e in sorted(ood.items())},
             "lung_fields": None if lung_fields is None else
             {k: lung_fields.get(k) for k in ("segmenter", "acceptance", "accepted", "fitted_on", "bands")}}
 
@@ -303,6 +306,15 @@ def markdown_report(r):
                                           f"{', '.join(info['ood_artifacts']) or 'no artifact'} at "
                                           f"{info['acceptance']} validation acceptance per score"
                                           if info else "no bundle: header and pixel stages only"))
+        for key, cal in ((info or {}).get("ood_calibration") or {}).items():
+            scores = ", ".join(f"{k} <= {v:.4g}" for k, v in cal["thresholds"].items())
+            if cal.get("rule"):
+                by_source = ", ".join(f"{g} {v['accepted']}/{v['n']}" for g, v in cal["val_accepted_by_source"].items())
+                floor = (f"rule {cal['rule']}, at least {_pct(cal['min_source_acceptance'])} of every validation "
+                         f"source ({by_source})")
+            else:
+                floor = "pooled acceptance only, no floor per source"
+            lines.append(f"  - OOD {key}: {scores}; {floor}")
         lung = (info or {}).get("lung_fields")
         if lung:
             bands = ", ".join(f"{k} " + " / ".join(f"{side} {v:.3g}" for side, v in b.items())

@@ -20,7 +20,9 @@ Manifest (schema version 1), plain data in the spirit of MONAI's ``network_data_
     quality         optional input quality control (lungedge.runtime.quality, lungedge.runtime.ood):
                     {"view": "frontal" | "any", "min_age_years": N, "pixel": {check: {"min_refuse", ...}},
                      "ood": {artifact key: {"path": "ood-<key>.npz", "sha256", "feature_output",
-                             "thresholds": {"mahalanobis", "energy"}, "acceptance", ...}},
+                             "thresholds": {"mahalanobis", "energy"} (or one of them), "acceptance",
+                             "rule": "pooled_then_relax", "min_source_acceptance",
+                             "val_accepted_by_source": {source: {"accepted", "n", "rate"}}, ...}},
                      "area": {label: [low, high] fraction of the image},
                      "lung_fields": {"segmenter", "segmenter_manifest_sha256", "acceptance", "fitted_on",
                                      "bands": {statistic: {"min", "max"}}}}  (lungedge.runtime.lung_fields)

@@ -4,7 +4,8 @@ The deployed artifact exports its pooled feature vector as a second ONNX output 
 second model). Class-conditional Gaussians with one shared covariance are fitted on the training split's
 features *of that artifact* (INT8 and FP16 features shift), and each score's refusal threshold is the
 ``acceptance`` quantile of the validation split's scores, so that a fixed fraction of in-distribution images
-is accepted by each score. Everything here is numpy; compress calls ``fit_gaussians`` and ``calibrate``,
+is accepted by each score; ``calibrate_per_group`` then relaxes them until every source of the validation
+split accepts at least a floor (the manifest records the rule and each source's acceptance). Everything here is numpy; compress calls ``fit_gaussians`` and ``calibrate``,
 the runtime calls ``OodScorer``.
 
 - Mahalanobis: min over classes of (f - mu_c)^T P (f - mu_c), P the shrunk shared precision (Lee et al. 2018).
@@ -21,6 +22,9 @@ from lungedge.runtime.errors import BundleError
 from lungedge.runtime.quality import Finding
 
 SCORES = ("mahalanobis", "energy")
+# What a result says when its bundle's thresholds were calibrated at a pooled acceptance only.
+NO_SOURCE_FLOOR = ("thresholds calibrated at a pooled validation acceptance only: no minimum acceptance per "
+                   "source (refit with python -m lungedge.compress.quality ood)")
 # Shrinkage of the shared covariance towards its scaled identity (features outnumber images in small packs).
 SHRINKAGE = 0.1
 
@@ -73,6 +77,70 @@ def calibrate(val_scores, acceptance):
         raise ValueError(f"acceptance must be in (0, 1], got {acceptance}")
     # The smallest score that keeps at least ``acceptance`` of the validation images at or below it.
     return float(s[max(0, int(np.ceil(acceptance * s.size - 1e-9)) - 1)])
+
+
+def group_acceptance(scores, thresholds, groups):
+    """{group: (accepted, n)} of the images whose every score is at or below its threshold."""
+    ok = np.ones(len(groups), bool)
+    for name, limit in thresholds.items():
+        ok &= np.asarray(scores[name], np.float64) <= limit
+    out = {}
+    for g in sorted(set(groups)):
+        members = np.asarray([x == g for x in groups])
+        out[g] = (int(ok[members].sum()), int(members.sum()))
+    return out
+
+
+def calibrate_per_group(scores, groups, acceptance, min_group_acceptance):
+    """Thresholds of several scores (``{name: (N,)}``, higher is worse) that accept at least
+    ``min_group_acceptance`` of every group (source) of the validation images, all scores together.
+
+    Rule ``pooled_then_relax``: each score starts at its pooled ``acceptance`` quantile (``calibrate``), then
+    ``relax_per_group`` lets in refused images until every group meets the floor. Returns (thresholds,
+    {group: (accepted, n)}).
+    """
+    start = {k: calibrate(v, acceptance) for k, v in scores.items()}
+    return relax_per_group(scores, groups, start, min_group_acceptance)
+
+
+def relax_per_group(scores, groups, thresholds, min_group_acceptance):
+    """Raise ``thresholds`` until every group accepts at least ``min_group_acceptance`` of its images.
+
+    An image is accepted when each of its scores is at or below that score's threshold. While a group is short
+    of its floor, the refused image of the worst group (lowest acceptance, then name) that costs least is let
+    in, raising each threshold to that image's value. Cost: the rise of the pooled quantile level of every
+    threshold together (the fewest other images newly let in); ties go to the first image. Returns
+    (thresholds, {group: (accepted, n)}).
+    """
+    scores = {k: np.asarray(v, np.float64).ravel() for k, v in scores.items()}
+    groups = [str(g) for g in groups]
+    if set(scores) != set(thresholds):
+        raise ValueError(f"scores {sorted(scores)} and thresholds {sorted(thresholds)} differ")
+    if any(len(v) != len(groups) for v in scores.values()):
+        raise ValueError("every score needs one value per image, and every image a group")
+    if not 0.0 <= min_group_acceptance <= 1.0:
+        raise ValueError(f"min_group_acceptance must be in [0, 1], got {min_group_acceptance}")
+    thresholds = {k: float(v) for k, v in thresholds.items()}
+    sorted_scores = {k: np.sort(v) for k, v in scores.items()}
+    n = len(groups)
+
+    def level(name, value):  # pooled fraction of the scores at or below ``value``
+        return np.searchsorted(sorted_scores[name], value, side="right") / n
+
+    while True:
+        counts = group_acceptance(scores, thresholds, groups)
+        short = [(a / m, g) for g, (a, m) in counts.items() if a < np.ceil(min_group_acceptance * m - 1e-9)]
+        if not short:
+            return thresholds, counts
+        worst = min(short)[1]
+        best, best_cost = None, None
+        for i in (i for i, g in enumerate(groups) if g == worst):
+            if all(scores[k][i] <= t for k, t in thresholds.items()):
+                continue
+            cost = sum(level(k, max(t, scores[k][i])) - level(k, t) for k, t in thresholds.items())
+            if best_cost is None or cost < best_cost - 1e-12:
+                best, best_cost = i, cost
+        thresholds = {k: max(t, float(scores[k][best])) for k, t in thresholds.items()}
 
 
 class OodScorer:
@@ -129,9 +197,16 @@ class OodScorer:
         return out
 
     def describe(self):
-        """What the result's quality block says about this check."""
-        return {"checked": True, "feature_output": self.feature_output,
-                "acceptance": self.entry.get("acceptance"), "calibrated_on": self.entry.get("calibrated_on")}
+        """What the result's quality block says about this check (and whether it holds a per-source floor)."""
+        out = {"checked": True, "feature_output": self.feature_output,
+               "acceptance": self.entry.get("acceptance"), "calibrated_on": self.entry.get("calibrated_on")}
+        rule = self.entry.get("rule")
+        if rule is None:
+            out["per_source"] = {"checked": False, "note": NO_SOURCE_FLOOR}
+        else:
+            out["per_source"] = {"checked": True, "rule": rule,
+                                 "min_source_acceptance": self.entry.get("min_source_acceptance")}
+        return out
 
 
 def area_findings(areas, bands):

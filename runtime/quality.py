@@ -6,9 +6,9 @@ Three stages, each finding with a named reason, the measured value and the limit
   is present and not a chest is refused; a patient younger than the bundle's ``min_age_years`` is flagged.
   The age is read as a number and compared, never logged or reported (the finding names the limit, not the age).
 - **pixels**: blank or near-constant images, saturated or dark-clipped fractions, low dynamic range, low
-  entropy, no spatial structure (noise) and extreme aspect ratios, measured on the image without its
-  letterbox bars. Limits are plain data: ``PIXEL_LIMITS`` per modality, overridden by the manifest's
-  ``quality.pixel``.
+  entropy, no spatial structure (noise), extreme aspect ratios and (X-ray) a CT slice's two-class histogram,
+  measured on the image without its letterbox bars. Limits are plain data: ``PIXEL_LIMITS`` per modality,
+  overridden by the manifest's ``quality.pixel``.
 - **lung_fields** (lungedge.runtime.lung_fields; X-ray pipelines with a lung segmenter): the lung mask must show
   two fields side by side, with bands fitted on in-distribution films and stored in the classifier's manifest.
 - **model** (lungedge.runtime.ood): Mahalanobis distance of the pooled features and energy of the logits,
@@ -34,6 +34,13 @@ LATERAL_VIEWS = ("LL", "RL", "LAT", "L", "LATERAL", "LLAT", "RLAT")
 # A BodyPartExamined that contains one of these is a chest.
 CHEST_PARTS = ("CHEST", "THORAX", "LUNG", "THORACIC")
 
+# Refuse X-rays whose histogram splits into two flat classes as cleanly as a CT slice's air and tissue (Otsu's
+# separability, ``two_class_separability``). Fitted on the dev pack's X-ray train and val films only (1,471; no
+# test, CT or other out-of-scope image) by the OOD thresholds' rule (``lungedge.runtime.ood.calibrate_per_group``:
+# the pooled 99% quantile, 0.813, relaxed until every source accepts 99%, here kermany-pediatric's 379 of 382 at
+# 0.84505), rounded up at the fourth decimal. A bundle may override it in quality.pixel.
+TWO_CLASS_LIMIT = 0.8451
+
 # Pixel limits per modality on a 0..1 scale of the image's range (display values / intensity_max; HU through
 # the window below). "refuse" and "warn" limits; a check whose limit is None is off. Chosen from the dev pack's
 # in-distribution images (python -m lungedge.benchmarks.qc prints their spread), with a wide margin.
@@ -46,6 +53,7 @@ PIXEL_LIMITS = {
         "entropy_bits": {"min_refuse": 2.0, "min_warn": 4.0},
         "neighbour_correlation": {"min_refuse": 0.5, "min_warn": 0.75},
         "aspect_ratio": {"max_warn": 2.5, "max_refuse": 3.5},
+        "two_class_separability": {"max_refuse": TWO_CLASS_LIMIT},
     },
     "ct": {
         "std": {"min_refuse": 0.02, "min_warn": 0.04},
@@ -66,6 +74,7 @@ PIXEL_REASONS = {
     "entropy_bits": "low_entropy",
     "neighbour_correlation": "no_spatial_structure",
     "aspect_ratio": "extreme_aspect_ratio",
+    "two_class_separability": "ct_like_histogram",
 }
 PIXEL_WORDS = {
     "std": "pixel standard deviation",
@@ -75,6 +84,7 @@ PIXEL_WORDS = {
     "entropy_bits": "histogram entropy (bits)",
     "neighbour_correlation": "correlation of neighbouring pixels",
     "aspect_ratio": "aspect ratio",
+    "two_class_separability": "two-class separability of the histogram (a CT slice's air and tissue)",
 }
 # Refuse a file whose pixels are in colour beyond this fraction (coloured burned-in marks stay far below it).
 MAX_COLOUR_FRACTION = 0.05
@@ -217,7 +227,35 @@ def pixel_scores(image, meta):
             "dynamic_range": float(p99 - p1),
             "entropy_bits": float(abs((nz * np.log2(nz)).sum())),
             "neighbour_correlation": _neighbour_correlation(u),
-            "aspect_ratio": float(max(h, w) / max(1, min(h, w)))}
+            "aspect_ratio": float(max(h, w) / max(1, min(h, w))),
+            "two_class_separability": two_class_separability(hist)}
+
+
+def two_class_separability(hist):
+    """Otsu's separability of a 256-bin histogram: the best two-class between-class variance over the total
+    variance (0..1; 1 for two flat classes).
+
+    A CT slice shows air-filled lung and soft tissue, each nearly flat in any window, so its histogram splits
+    into two classes almost perfectly; a projection radiograph sums attenuation along each ray, a continuum of
+    grey. The ratio does not change when a window's level or width moves the grey values linearly.
+    """
+    p = np.asarray(hist, np.float64)
+    total = p.sum()
+    if total <= 0:
+        return 0.0
+    p = p / total
+    levels = np.arange(len(p), dtype=np.float64)
+    mean = float(p @ levels)
+    var = float(p @ (levels - mean) ** 2)
+    if var <= 0.0:
+        return 0.0
+    w0 = np.cumsum(p)[:-1]
+    m0 = np.cumsum(p * levels)[:-1]
+    w1 = 1.0 - w0
+    ok = (w0 > 0) & (w1 > 0)
+    between = np.zeros_like(w0)
+    between[ok] = (mean * w0[ok] - m0[ok]) ** 2 / (w0[ok] * w1[ok])
+    return float(between.max() / var)
 
 
 def _neighbour_correlation(u):

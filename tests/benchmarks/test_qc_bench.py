@@ -65,7 +65,9 @@ def test_bench_qc_without_bundles(tmp_path, capsys):
         assert rows[(modality, "synthetic: noise")]["refused_rate"] == 1.0
         assert rows[(modality, "synthetic: noise")]["reasons"] == {"no_spatial_structure": 60}
     assert rows[("xray", "synthetic: constant")]["refused_rate"] == 1.0
-    assert rows[("xray", "lateral films (DICOM, ViewPosition LL)")]["reasons"] == {"lateral_view": 27}
+    # Every lateral DICOM is refused for its header; three of the films are also CT-like in their histogram.
+    assert rows[("xray", "lateral films (DICOM, ViewPosition LL)")]["reasons"] == {"lateral_view": 27,
+                                                                                  "ct_like_histogram": 3}
     sources = [k for k in rows if k[1].startswith("xray-cls test: ")]
     assert len(sources) == 4 and all(rows[k]["n"] == 6 and rows[k]["accepted_rate"] == 1.0 for k in sources)
     assert r["command"] == f"lungedge bench qc --data {data} --max-per-category 6 --cost-images 0 --out {out}"

@@ -134,8 +134,9 @@ def test_lung_field_bands_are_fitted_into_an_existing_bundle(tmp_path):
                               {"mask": 0.5}, kind="probabilities")
     cls_root = write_bundle(tmp_path / "cls", classifier_model(3), "classification", "xray",
                             ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid",
-                            quality={"view": "frontal", "pixel": {"entropy_bits": {"min_refuse": None,
-                                                                                   "min_warn": None}}})
+                            quality={"view": "frontal",
+                                     "pixel": {"entropy_bits": {"min_refuse": None, "min_warn": None},
+                                               "two_class_separability": {"max_refuse": None}}})  # flat phantoms
     assert main(["lung-fields", "--bundle", cls_root, "--lung-bundle", lungs_root, "--data", str(data),
                  "--threads", "1"]) == 0
     entry = json.load(open(os.path.join(cls_root, "manifest.json")))["quality"]["lung_fields"]
@@ -184,3 +185,87 @@ def test_compress_writes_lung_field_bands_for_crop_trained_xray_classifiers(tmp_
     assert quality["ood"] == {} and quality["view"] == "frontal"
     run.crop = None  # a classifier of whole films has no lung masks to fit on
     assert "lung_fields" not in quality_calibration(run, str(tmp_path), artifacts={})
+
+
+def _ood_refit_case(tmp_path):
+    """A tiny classifier bundle with a feature output and a pooled OOD entry, and a dev-pack folder whose val
+    split holds two sources (one of them brighter, so it scores higher than the other)."""
+    import csv
+    import os
+    import sys
+
+    import cv2
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime"))
+    from tinymodels import chest_like, classifier_with_features, write_bundle
+
+    from lungedge.compress.quality import artifact_outputs, split_images
+    from lungedge.runtime.bundle import Bundle, artifact_entry, write_manifest
+
+    data = tmp_path / "films"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for i in range(30):
+        split, source = ("train", "a") if i < 12 else ("val", "a" if i < 24 else "b") if i < 28 else ("test", "b")
+        film = chest_like(seed=i)
+        if source == "b":
+            film = (film // 2 + 100).astype(np.uint8)  # brighter, less contrast
+        name = f"images/f{i}.png"
+        cv2.imwrite(str(data / name), film)
+        rows.append({"file": name, "label": "normal", "patient_id": f"p{i}", "split": split, "source": source})
+    with open(data / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    root = write_bundle(tmp_path / "cls", classifier_with_features(3), "classification", "xray",
+                        ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid",
+                        quality={"view": "frontal"})
+    manifest = dict(Bundle.load(root).manifest)
+    train, _ = split_images(manifest, str(data), "train")
+    _, features = artifact_outputs(os.path.join(root, "model.onnx"), train, threads=1)
+    from lungedge.runtime.ood import fit_gaussians
+
+    means, precision = fit_gaussians(features, np.arange(len(train)) % 3, 3)
+    np.savez(os.path.join(root, "ood-onnx-fp32.npz"), means=means, precision=precision)
+    manifest["quality"] = {"view": "frontal", "ood": {"onnx-fp32": dict(
+        artifact_entry(root, "ood-onnx-fp32.npz", "npz", "fp32", "none"), feature_output="features",
+        thresholds={"mahalanobis": 0.0, "energy": 0.0}, acceptance=0.5)}}
+    write_manifest(root, manifest)
+    return root, str(data)
+
+
+def test_ood_refit_gives_every_validation_source_its_floor(tmp_path):
+    """``python -m lungedge.compress.quality ood``: thresholds recalibrated on the val split with a floor per
+    source, the rule and each source's acceptance recorded, the training split's Gaussians kept."""
+    import json
+    import os
+
+    from lungedge.compress.quality import artifact_outputs, main, split_images
+    from lungedge.runtime.bundle import Bundle
+    from lungedge.runtime.ood import energy, mahalanobis
+
+    root, data = _ood_refit_case(tmp_path)
+    before = Bundle.load(root).manifest["quality"]["ood"]["onnx-fp32"]
+    assert main(["ood", "--bundle", root, "--data", data, "--acceptance", "0.5", "--min-source-acceptance", "1.0",
+                 "--threads", "1"]) == 0
+    entry = json.load(open(os.path.join(root, "manifest.json")))["quality"]["ood"]["onnx-fp32"]
+    assert entry["rule"] == "pooled_then_relax" and entry["min_source_acceptance"] == 1.0
+    assert entry["val_accepted_by_source"] == {"a": {"accepted": 12, "n": 12, "rate": 1.0},
+                                               "b": {"accepted": 4, "n": 4, "rate": 1.0}}
+    assert entry["calibrated_on"] == "val split, 16 images" and entry["val_accepted_both"] == 1.0
+    assert entry["sha256"] == before["sha256"] and entry["path"] == before["path"]  # Gaussians kept
+    # A floor of 1.0 puts each threshold at the highest validation score (the test films are not read).
+    val, _ = split_images(Bundle.load(root).manifest, data, "val")
+    logits, features = artifact_outputs(os.path.join(root, "model.onnx"), val, threads=1)
+    with np.load(os.path.join(root, "ood-onnx-fp32.npz")) as stats:
+        dist = mahalanobis(features, stats["means"], stats["precision"])
+    assert entry["thresholds"] == {"mahalanobis": pytest.approx(dist.max()),
+                                   "energy": pytest.approx(energy(logits).max())}
+    # The feature distance alone, pooled only (no floor): no rule, no per-source record.
+    assert main(["ood", "--bundle", root, "--data", data, "--acceptance", "0.5", "--min-source-acceptance", "-1",
+                 "--scores", "mahalanobis", "--threads", "1"]) == 0
+    entry = json.load(open(os.path.join(root, "manifest.json")))["quality"]["ood"]["onnx-fp32"]
+    assert set(entry["thresholds"]) == {"mahalanobis"} and "rule" not in entry
+    assert entry["thresholds"]["mahalanobis"] == pytest.approx(np.sort(dist)[7])  # 8 of 16 at or below it
+    with pytest.raises(ValueError, match="never on the test split"):
+        main(["ood", "--bundle", root, "--data", data, "--split", "test"])

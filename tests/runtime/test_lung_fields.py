@@ -23,8 +23,9 @@ from lungedge.runtime.quality import Assessment
 
 BANDS = {"lung_fraction": {"min": 0.1, "max": 0.6}, "midline_fill": {"max": 0.2},
          "field_separation": {"min": 0.25, "max": 0.6}, "field_overlap": {"min": 0.5}}
-# Pixel checks the flat synthetic films would fail (few grey levels); the lung-field check is under test.
-FLAT_OK = {"entropy_bits": {"min_refuse": None, "min_warn": None}}
+# Pixel checks the flat synthetic films would fail (a few flat grey levels: low entropy, a CT-like two-class
+# histogram); the lung-field check is under test.
+FLAT_OK = {"entropy_bits": {"min_refuse": None, "min_warn": None}, "two_class_separability": {"max_refuse": None}}
 
 
 def two_fields(h=100, w=100):

@@ -282,8 +282,9 @@ def test_ood_entry_for_a_missing_artifact_or_output_is_a_bundle_error(tmp_path):
 def test_segmenter_area_outside_band_warns(tmp_path):
     root = write_bundle(tmp_path / "lung", segmenter_model(1), "segmentation", "xray", ["background", "lung"],
                         {"mask": 0.5}, kind="probabilities",
-                        quality={"area": {"lung": [0.5, 0.9]}, "pixel": {"entropy_bits": {"min_refuse": None,
-                                                                                          "min_warn": None}}})
+                        quality={"area": {"lung": [0.5, 0.9]},
+                                 "pixel": {"entropy_bits": {"min_refuse": None, "min_warn": None},
+                                           "two_class_separability": {"max_refuse": None}}})  # a flat phantom
     result = Predictor.from_bundle(root, threads=1).predict(square_image())
     area = [r for r in result["quality"]["reasons"] if r["reason"] == "implausible_area"][0]
     assert area["status"] == "warn" and area["value"] == pytest.approx(40 * 60 / (96 * 128)) and area["limit"] == 0.5
