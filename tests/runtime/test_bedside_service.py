@@ -322,9 +322,12 @@ def test_sigterm_stops_gracefully_and_notifies_systemd(tmp_path, bundle, png_byt
         messages = []
         while not any("READY=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())
-        with open(os.path.join(watch, "late.png"), "wb") as fh:
+        # Written under an ignored name, then renamed: with --settle-seconds 0 the watcher could otherwise take
+        # the file while it is still being written (a race on a loaded machine, not what this test checks).
+        with open(os.path.join(watch, "late.png.part"), "wb") as fh:
             fh.write(png_bytes(10))
-        assert wait_for(lambda: listing(os.path.join(watch, "done")) == ["late.png"])
+        os.rename(os.path.join(watch, "late.png.part"), os.path.join(watch, "late.png"))
+        assert wait_for(lambda: listing(os.path.join(watch, "done")) == ["late.png"]), listing(watch)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == svc.EXIT_OK
         messages.append(sock.recv(4096).decode())
