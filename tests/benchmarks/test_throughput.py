@@ -30,7 +30,9 @@ def _check(results, expected):
     assert got == expected
     for p in results["points"]:
         assert "error" not in p, p
-        assert p["images_per_s"] > 0 and p["cpu_s"] > 0 and p["cpu_s_per_1000"] == pytest.approx(
+        # cpu_s >= 0, not > 0: the service mode reads /proc ticks (10 ms), and 4 images on a warm service on a fast,
+        # idle CPU can take less than one tick.
+        assert p["images_per_s"] > 0 and p["cpu_s"] >= 0 and p["cpu_s_per_1000"] == pytest.approx(
             1000 * p["cpu_s"] / p["images"])
 
 
