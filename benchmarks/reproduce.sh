@@ -52,10 +52,12 @@ fi
 if [ ${#done_dirs[@]} -gt 0 ]; then
     run_dirs=()
     for r in "$runs"/*/metrics.json; do [ -f "$r" ] && run_dirs+=("$(dirname "$r")"); done
-    # Reports of other commands (their own reproduce lines inside): shortcut screen, QC, fuzzing, DICOM node.
+    # Reports of other commands (their own reproduce lines inside): ct-seg Pareto, shortcut screen, QC, fuzzing,
+    # DICOM node, CPU speed.
     includes=()
-    for f in "$reports"/shortcut/report.md "$reports"/qc-xray-cls/report.md "$reports"/qc/report.md "$reports"/fuzz/report.md \
-             "$reports"/dicom-node/report.md; do
+    for f in "$reports"/ct-seg-pareto/report.md "$reports"/shortcut/report.md "$reports"/qc-xray-cls/report.md \
+             "$reports"/qc/report.md "$reports"/fuzz/report.md "$reports"/dicom-node/report.md \
+             "$reports"/issue13-cpu-speed/report.md; do
         [ -f "$f" ] && includes+=("$f")
     done
     python benchmarks/make_benchmarks_md.py "${done_dirs[@]}" -o BENCHMARKS.md --runs ${run_dirs[@]+"${run_dirs[@]}"} \
