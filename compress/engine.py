@@ -35,9 +35,7 @@ class EngineConfig:
     timing_cache: str = None  # path of a timing cache file, read if present and written back after the build
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"engine precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "precision", Precision.parse(self.precision, "engine precision", ConfigError))
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ConfigError(f"batch profile must satisfy 1 <= min <= opt <= max, got "
                              f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")

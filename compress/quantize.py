@@ -47,14 +47,6 @@ TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool"
 WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _enum(cls, value, field):
-    """The member of ``cls`` for ``value`` (a StrEnum: it is its string in recipes, dict keys and JSON)."""
-    try:
-        return cls(value)
-    except ValueError:
-        raise ConfigError(f"{field} {value!r} is not one of {list(cls.values())}") from None
-
-
 @dataclass(frozen=True)
 class QuantConfig:
     flavour: str = "ort_cpu"  # Flavour
@@ -66,9 +58,9 @@ class QuantConfig:
     reduce_range: bool = False  # 7-bit weights for x86 CPUs without VNNI (ort_cpu only)
 
     def __post_init__(self):
-        object.__setattr__(self, "flavour", _enum(Flavour, self.flavour, "flavour"))
+        object.__setattr__(self, "flavour", Flavour.parse(self.flavour, "flavour", ConfigError))
         object.__setattr__(self, "calibration_method",
-                           _enum(CalibrationMethod, self.calibration_method, "calibration_method"))
+                           CalibrationMethod.parse(self.calibration_method, "calibration_method", ConfigError))
         if isinstance(self.nodes_to_exclude, str):
             raise ConfigError("nodes_to_exclude must be a list of node names, not one string")
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))

@@ -26,13 +26,14 @@ class StrEnum(str, Enum):
         return tuple(m.value for m in cls)
 
     @classmethod
-    def parse(cls, value, what=None):
-        """The member for ``value`` (a member or its string value); ``UnknownName`` otherwise."""
+    def parse(cls, value, what=None, error=UnknownName):
+        """The member for ``value`` (a member or its string value); otherwise ``error`` (``UnknownName``, or the
+        caller's own, e.g. a config's ``ConfigError``) naming the allowed values."""
         try:
             return cls(value)
         except ValueError:
-            raise UnknownName(f"unknown {what or cls.__name__} {value!r}; choose one of "
-                              f"{', '.join(cls.values())}") from None
+            raise error(f"unknown {what or cls.__name__} {value!r}; choose one of "
+                        f"{', '.join(cls.values())}") from None
 
 
 class TaskKind(StrEnum):
