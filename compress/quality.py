@@ -15,6 +15,13 @@ Gaussians are kept; only the validation split is read), without a rebuild::
 
     python -m lungedge.compress.quality lung-fields --bundle B --lung-bundle L --data ../shared/data/xray-cls
     python -m lungedge.compress.quality ood --bundle B --lung-bundle L --data ../shared/data/xray-cls
+
+A bundle also gets a modality check (``lungedge.runtime.modality_check``: refuse an image of the pack's other
+modality) from the training splits of its own and the other modality's folders, its threshold from its own
+validation split::
+
+    python -m lungedge.compress.quality modality --bundle bundles/ct-cls --data ../shared/data/ct-cls \
+        --other ../shared/data/xray-cls
 """
 
 import argparse
@@ -239,6 +246,54 @@ def refit_ood(bundle_dir, data_dir, lung_bundle=None, split="val", acceptance=OO
     return ood
 
 
+def modality_descriptors(data_dir, split, progress=None):
+    """Modality-check descriptors of every image of one split of a dev-pack folder, read as the runtime reads
+    an input (before any lung crop or preprocessing)."""
+    from lungedge.runtime.modality_check import descriptor
+    from lungedge.runtime.quality import stats_image
+
+    records = select(read_manifest_csv(data_dir), split)
+    if not records:
+        raise ValueError(f"{data_dir} has no {split} images")
+    out = []
+    for rec in progress(records) if progress else records:
+        array, meta = read_any(rec.image)[:2]
+        if np.asarray(array).ndim == 3 and np.asarray(array).shape[0] > 1:  # a volume: its middle slice
+            array = np.asarray(array)[np.asarray(array).shape[0] // 2]
+        out.append(descriptor(stats_image(array, meta)[0]))
+    return np.stack(out)
+
+
+def fit_modality(bundle_dir, data_dir, other_dir, acceptance=None, split="val"):
+    """Fit (or renew) a bundle's ``quality.modality_check`` and rewrite its manifest."""
+    from tqdm import tqdm
+
+    from lungedge.runtime.modality_check import ACCEPTANCE, fit_check
+
+    if split == "test":
+        raise ValueError("the modality threshold is calibrated on the validation split, never on the test split")
+    bundle = Bundle.load(bundle_dir)
+    manifest = dict(bundle.manifest)
+    modality = manifest["modality"]
+    other = {"xray": "ct", "ct": "xray"}[modality]
+
+    def progress(desc):
+        return lambda it: tqdm(it, desc=desc, unit="img", file=sys.stderr, leave=False)
+
+    own_train = modality_descriptors(data_dir, "train", progress(f"{modality} train"))
+    own_val = modality_descriptors(data_dir, split, progress(f"{modality} {split}"))
+    other_train = modality_descriptors(other_dir, "train", progress(f"{other} train"))
+    entry = fit_check(own_train, other_train, own_val, modality, other,
+                      ACCEPTANCE if acceptance is None else acceptance)
+    entry["fitted_on"] = (f"train splits of {os.path.basename(os.path.normpath(data_dir))} ({len(own_train)}, "
+                          f"{modality}) and {os.path.basename(os.path.normpath(other_dir))} ({len(other_train)}, "
+                          f"{other})")
+    entry["calibrated_on"] = f"{split} split, {len(own_val)} images"
+    manifest["quality"] = dict(manifest.get("quality") or {}, modality_check=entry)
+    write_manifest(bundle.root, manifest)
+    return entry
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m lungedge.compress.quality",
                                 description="Fit quality-control calibration into an existing bundle.")
@@ -260,7 +315,18 @@ def main(argv=None):
                     help="least acceptance of every source (all scores together); negative: pooled only")
     od.add_argument("--scores", nargs="+", default=list(SCORES), choices=SCORES, help="scores to check")
     od.add_argument("--threads", type=int, default=None)
+    mo = sub.add_parser("modality", help="modality check (quality.modality_check): refuse the other modality")
+    mo.add_argument("--bundle", required=True, help="bundle whose manifest is rewritten")
+    mo.add_argument("--data", required=True, help="dev-pack style folder of the bundle's modality (train, val)")
+    mo.add_argument("--other", required=True, help="dev-pack style folder of the other modality (its train split)")
+    mo.add_argument("--acceptance", type=float, default=None, help="validation acceptance (default 0.99)")
     a = p.parse_args(argv)
+    if a.command == "modality":
+        entry = fit_modality(a.bundle, a.data, a.other, a.acceptance)
+        print(f"quality.modality_check of {a.bundle}: {entry['fitted_on']}; threshold {entry['threshold']:.4g} "
+              f"accepts {entry['val_accepted']:.4f} of the {entry['calibrated_on']}, refuses "
+              f"{entry['other_train_refused']:.4f} of the other modality's training images")
+        return 0
     if a.command == "ood":
         floor = None if a.min_source_acceptance < 0 else a.min_source_acceptance
         ood = refit_ood(a.bundle, a.data, a.lung_bundle, a.split, a.acceptance, floor, tuple(a.scores), a.threads)

@@ -25,10 +25,14 @@ Manifest (schema version 1), plain data in the spirit of MONAI's ``network_data_
                              "val_accepted_by_source": {source: {"accepted", "n", "rate"}}, ...}},
                      "area": {label: [low, high] fraction of the image},
                      "lung_fields": {"segmenter", "segmenter_manifest_sha256", "acceptance", "fitted_on",
-                                     "bands": {statistic: {"min", "max"}}}}  (lungedge.runtime.lung_fields)
+                                     "bands": {statistic: {"min", "max"}}},  (lungedge.runtime.lung_fields)
+                     "modality_check": {"descriptor", "other_modality", "mean", "scale", "weights", "bias",
+                                        "threshold", "acceptance", "fitted_on", ...}}
+                                        (lungedge.runtime.modality_check)
                     Without "ood" for the artifact that runs, results say the bundle has no
                     out-of-distribution check; without "lung_fields", X-ray pipeline results say
-                    the bundle has no lung-field check.
+                    the bundle has no lung-field check; without "modality_check", results say so
+                    (thresholds.modality_check.checked false).
 """
 
 import hashlib

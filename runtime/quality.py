@@ -9,6 +9,8 @@ Three stages, each finding with a named reason, the measured value and the limit
   entropy, no spatial structure (noise), extreme aspect ratios and (X-ray) a CT slice's two-class histogram,
   measured on the image without its letterbox bars. Limits are plain data: ``PIXEL_LIMITS`` per modality,
   overridden by the manifest's ``quality.pixel``.
+- **modality check** (lungedge.runtime.modality_check; bundles whose manifest holds ``quality.modality_check``):
+  an image that looks like the other modality of the pack (an X-ray sent to a CT bundle) is refused.
 - **lung_fields** (lungedge.runtime.lung_fields; X-ray pipelines with a lung segmenter): the lung mask must show
   two fields side by side, with bands fitted on in-distribution films and stored in the classifier's manifest.
 - **model** (lungedge.runtime.ood): Mahalanobis distance of the pooled features and energy of the logits,
@@ -205,16 +207,22 @@ def unit_scale(image, meta):
     return out
 
 
-def pixel_scores(image, meta):
-    """The pixel measurements of one 2-D image (dict name -> value), on its content region."""
+def stats_image(image, meta):
+    """(u, h, w): the unit-scaled content region of the strided small copy the pixel checks read, and the
+    content's size in the full image."""
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     step = max(1, int(np.ceil(max(a.shape) / float(STATS_SIDE))))
     small = a[::step, ::step]
     content, (y0, y1, x0, x1) = content_region(small)
-    h, w = (y1 - y0) * step, (x1 - x0) * step
-    u = unit_scale(content, meta)
+    return unit_scale(content, meta), (y1 - y0) * step, (x1 - x0) * step
+
+
+def pixel_scores(image, meta, stats=None):
+    """The pixel measurements of one 2-D image (dict name -> value), on its content region (``stats``: the
+    image's ``stats_image`` when already computed)."""
+    u, h, w = stats if stats is not None else stats_image(image, meta)
     levels = (u * np.float32(255.999)).astype(np.uint8)  # 256 bins over the range; bin 255 holds 1.0
     hist = np.bincount(levels.ravel(), minlength=256).astype(np.float64)
     p = hist / hist.sum()
@@ -312,6 +320,11 @@ class QualityControl:
         self.modality = modality
         self.limits = pixel_limits(self.spec, modality)
         self.enabled = self.spec.get("enabled", True)
+        from lungedge.runtime.modality_check import NOT_CHECKED, ModalityCheck  # they build on Finding
+
+        entry = self.spec.get("modality_check")
+        self.modality_check = ModalityCheck(entry) if entry else None
+        self.modality_described = self.modality_check.describe() if self.modality_check else dict(NOT_CHECKED)
 
     @classmethod
     def from_manifest(cls, manifest):
@@ -322,6 +335,7 @@ class QualityControl:
                "header": {"view": self.spec.get("view", "frontal") if self.modality == "xray" else "any",
                           "min_age_years": self.spec.get("min_age_years")},
                "colour": {"max_colour_fraction": self.spec.get("max_colour_fraction", MAX_COLOUR_FRACTION)}}
+        out["modality_check"] = dict(self.modality_described)
         return out
 
     def assess(self, array, meta):
@@ -333,10 +347,16 @@ class QualityControl:
             result.add(finding)
         a = np.asarray(array)
         if a.ndim == 2 or (a.ndim == 3 and a.shape[0] == 1):
-            scores = pixel_scores(a, meta)
+            stats = stats_image(a, meta)
+            scores = pixel_scores(a, meta, stats)
             result.scores.update(scores)
             for finding in pixel_findings(scores, self.limits):
                 result.add(finding)
+            if self.modality_check is not None:
+                score = self.modality_check.score(stats[0])
+                result.scores["modality_score"] = score
+                for finding in self.modality_check.findings(score, self.modality):
+                    result.add(finding)
         colour, limit = meta.get("colour_fraction"), self.spec.get("max_colour_fraction", MAX_COLOUR_FRACTION)
         if colour is not None:
             result.scores["colour_fraction"] = colour
@@ -355,9 +375,13 @@ def validate_quality_spec(spec, modality):
     if not isinstance(spec, dict):
         raise BundleError("manifest quality must be an object")
     unknown = set(spec) - {"enabled", "view", "min_age_years", "pixel", "ood", "area", "max_colour_fraction",
-                           "lung_fields"}
+                           "lung_fields", "modality_check"}
     if unknown:
         raise BundleError(f"manifest quality has unknown keys {sorted(unknown)}")
     if spec.get("view", "frontal") not in ("frontal", "any"):
         raise BundleError(f"quality.view must be 'frontal' or 'any', got {spec.get('view')!r}")
     pixel_limits(spec, modality)
+    if spec.get("modality_check") is not None:
+        from lungedge.runtime.modality_check import validate_modality_check
+
+        validate_modality_check(spec["modality_check"])

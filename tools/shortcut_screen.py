@@ -105,16 +105,15 @@ def render_markdown(results, command):
             r = row[split]
             att = (r.get("attention") or {}).get("covid_films") or {}
             cfg = row["config"]
-            cells = [f"{name} ({cfg['arch']}, {cfg['epochs']} epochs)", split, _f(r["covid_auc"])] + [_f(r["within_source_auc"].get(k)) for k in within_keys]
+            cells = [f"{name} ({cfg['arch']}, {cfg['size']} px, {cfg['epochs']} epochs)", split, _f(r["covid_auc"])] + [_f(r["within_source_auc"].get(k)) for k in within_keys]
             cells += [_f(r["within_source_auc_mean"]), _f(r["nih_normal_covid_call_rate"]),
                       _f(r["covid_sensitivity_ieee8023"], 2), _f(r["covid_sensitivity_hannover"], 2),
                       _f(att.get("lung_share_of_importance"), 2), _f(att.get("lung_share_of_area"), 2)]
             lines.append("| " + " | ".join(cells) + " |")
-    arch = next(iter(results.values()))["config"]
     return "\n".join([
         "# Shortcut screen: X-ray classification recipes", "",
-        f"Each recipe trains the architecture named in its row at {arch['size']} px from scratch on the xray-cls "
-        "train split; recipes "
+        "Each recipe trains the architecture named in its row, at the input size named there, from scratch on the "
+        "xray-cls train split; recipes "
         "are compared on **validation** (test shown, never used to choose). *Within* AUCs are computed inside one "
         "source that holds several labels, where recognising the source is worth nothing. COVID calls and "
         "sensitivities are at the validation-fitted (Youden) threshold. Evidence on lungs: share of the positive "
@@ -133,6 +132,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--recipes", nargs="*", default=list(RECIPES))
+    p.add_argument("--suffix", default="", help="appended to each recipe's run folder and report key "
+                   "(e.g. -192px to keep a larger-input run beside the 128 px one)")
     p.add_argument("--report-only", action="store_true", help="do not train; report finished runs")
     p.add_argument("--attention-limit", type=int, default=120, help="occlusion on at most this many COVID and "
                    "this many other films per split")
@@ -163,7 +164,7 @@ def main(argv=None):
             opts["lung_bundle"] = a.lung_bundle
         cfg = TrainConfig(task="xray-cls", data=a.data, arch=a.arch, size=a.size, epochs=a.epochs, patience=5,
                           threads=a.threads, **opts)
-        run = os.path.join(a.out, name)
+        run = os.path.join(a.out, name + a.suffix)
         if a.report_only:
             with open(os.path.join(run, "metrics.json"), encoding="utf-8") as fh:
                 metrics = json.load(fh)
@@ -178,7 +179,7 @@ def main(argv=None):
             row[split] = shortcut_report(labels, predict(model, ds), ds.targets, ds.sources, row["threshold"])
             row[split]["attention"] = attention(model, ds, lung_masks(ds, segmenter, crop, cfg.size),
                                                 labels.index("covid"), limit=a.attention_limit)
-        results[name] = row
+        results[name + a.suffix] = row
         print(name, json.dumps({s: row[s] for s in ("val", "test")}, indent=1))
         with open(out_json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2, sort_keys=True)
