@@ -32,6 +32,9 @@ def _compress_parser():
     p.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads")
     p.add_argument("--time-runs", type=int, default=30, help="batch-1 ONNX Runtime timings per artifact (0: none)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--other-modality", metavar="DIR", help="dev-pack folder of the other modality (ct-cls for an "
+                   "X-ray bundle, xray-cls for a CT bundle): fit the modality check (quality.modality_check) "
+                   "from its training split")
     return p
 
 
@@ -78,6 +81,10 @@ def cmd_compress(argv):
         recipe = apply_flags(load_recipe(args.recipe), args)
         bundle_dir = compress(recipe, args.baseline, args.data, args.out, threads=args.threads,
                               overwrite=args.force, time_runs=args.time_runs)
+        if args.other_modality:
+            from lungedge.compress.quality import fit_modality
+
+            fit_modality(bundle_dir, args.data, args.other_modality)
     except GateFailed as exc:
         path = os.path.abspath(args.out).rstrip(os.sep) + ".gate-report.json"
         with open(path, "w", encoding="utf-8") as fh:

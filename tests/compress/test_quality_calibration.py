@@ -269,3 +269,52 @@ def test_ood_refit_gives_every_validation_source_its_floor(tmp_path):
     assert entry["thresholds"]["mahalanobis"] == pytest.approx(np.sort(dist)[7])  # 8 of 16 at or below it
     with pytest.raises(ValueError, match="never on the test split"):
         main(["ood", "--bundle", root, "--data", data, "--split", "test"])
+
+
+def test_modality_check_is_fitted_into_an_existing_bundle(tmp_path):
+    """``python -m lungedge.compress.quality modality``: fitted on the train splits of both folders, its threshold
+    from the bundle's validation split (never test), and the bundle then refuses the other modality's films."""
+    import csv
+    import json
+    import os
+    import sys
+
+    import cv2
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(here, "runtime"))
+    from test_ct_like_histogram import ct_like_slice
+    from tinymodels import chest_like, classifier_model, write_bundle
+
+    from lungedge.compress.quality import main
+    from lungedge.runtime.predictor import Predictor
+
+    def pack(name, make):
+        root = tmp_path / name
+        (root / "images").mkdir(parents=True)
+        rows = []
+        for i, split in enumerate(["train"] * 10 + ["val"] * 4 + ["test"] * 2):
+            cv2.imwrite(str(root / f"images/{i}.png"), make(i))
+            rows.append({"file": f"images/{i}.png", "label": "covid", "patient_id": f"p{i}", "split": split})
+        with open(root / "manifest.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return root
+
+    ct = pack("ct", lambda i: ct_like_slice(96, seed=i))
+    films = pack("films", lambda i: chest_like(seed=100 + i))
+    bundle = write_bundle(tmp_path / "b", classifier_model(2), "classification", "ct", ["covid", "noncovid"],
+                          {"covid": 0.5}, positive_label="covid", quality={"pixel": {}})
+    assert main(["modality", "--bundle", bundle, "--data", str(ct), "--other", str(films)]) == 0
+    entry = json.load(open(os.path.join(bundle, "manifest.json")))["quality"]["modality_check"]
+    assert entry["fitted_on"] == "train splits of ct (10, ct) and films (10, xray)"
+    assert entry["calibrated_on"] == "val split, 4 images" and entry["other_modality"] == "xray"
+    predictor = Predictor.from_bundle(bundle, threads=1)
+    film = predictor.predict(str(films / "images/15.png"))
+    assert film["assessed"] is False and "other_modality" in [r["reason"] for r in film["quality"]["reasons"]]
+    assert predictor.predict(str(ct / "images/15.png"))["quality"]["thresholds"]["modality_check"]["checked"]
+    with pytest.raises(ValueError, match="never on the test split"):
+        from lungedge.compress.quality import fit_modality
+
+        fit_modality(bundle, str(ct), str(films), split="test")
