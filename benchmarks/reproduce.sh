@@ -35,6 +35,12 @@ bench_task() {  # task arch [extra bench flags...]
 xray_flags=(--subgroups "source,age_group,view,source+label")
 [ -f "$bundles/xray-lungs/manifest.json" ] && xray_flags+=(--lung-bundle "$bundles/xray-lungs")
 bench_task xray-cls densenet121 "${xray_flags[@]}"
+# ... and at a screening operating point (COVID sensitivity >= 0.90 in each COVID source, fitted on validation).
+if [ -f "$reports/xray-cls/results.json" ]; then
+    python tools/operating_point.py --results "$reports/xray-cls/results.json" --data "$data/xray-cls" \
+        --min-sensitivity 0.90 --rows xray-cls-densenet121:torch-fp32 xray-cls-student_m-int8:onnx-int8 \
+        --markdown "$reports/operating-point/report.md" > /dev/null
+fi
 bench_task ct-cls densenet121
 bench_task xray-seg unet
 bench_task ct-seg unet
@@ -52,10 +58,10 @@ fi
 if [ ${#done_dirs[@]} -gt 0 ]; then
     run_dirs=()
     for r in "$runs"/*/metrics.json; do [ -f "$r" ] && run_dirs+=("$(dirname "$r")"); done
-    # Reports of other commands (their own reproduce lines inside): ct-seg Pareto, shortcut screen, QC, fuzzing,
+    # Reports of other commands (their own reproduce lines inside): operating point, ct-seg Pareto, shortcut screen, QC, fuzzing,
     # DICOM node, CPU speed.
     includes=()
-    for f in "$reports"/ct-seg-pareto/report.md "$reports"/shortcut/report.md "$reports"/qc-xray-cls/report.md \
+    for f in "$reports"/operating-point/report.md "$reports"/ct-seg-pareto/report.md "$reports"/shortcut/report.md "$reports"/qc-xray-cls/report.md \
              "$reports"/qc/report.md "$reports"/fuzz/report.md "$reports"/dicom-node/report.md \
              "$reports"/issue13-cpu-speed/report.md; do
         [ -f "$f" ] && includes+=("$f")
