@@ -199,8 +199,9 @@ def cost(bundle, paths, rounds=3, threads=None, lung_bundle=None):
 
 
 def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_category=0, threads=None,
-                 cost_images=60, seed=0, command=None, xray_lung_bundle=None):
-    """All categories through both modalities' checks; returns the results dict (and writes it to ``out``)."""
+                 cost_images=60, seed=0, command=None, xray_lung_bundle=None, modalities=("xray", "ct")):
+    """All categories through the checks of each of ``modalities``; returns the results dict (and writes it to
+    ``out``)."""
     from tqdm import tqdm
 
     work = tempfile.mkdtemp(prefix="lungedge-qc-")
@@ -232,7 +233,12 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
                                         "natural images (skimage.data)": ("natural", natural),
                                         "synthetic: noise": ("noise", synthetic["noise"])}}}
         results = {"data": os.path.abspath(data), "rows": [], "cost": None}
+        unknown = set(modalities) - set(plan)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; known: {sorted(plan)}")
         for modality, part in plan.items():
+            if modality not in modalities:
+                continue
             lung_bundle = xray_lung_bundle if modality == "xray" else None
             judge = Judge(modality, part["bundle"], threads, lung_bundle)
             stages = _stages(part["bundle"], lung_bundle)
@@ -250,7 +256,7 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
                 row["meets_target"] = None if target is None else row["refused_rate"] >= target
                 results["rows"].append(row)
             results.setdefault("bundles", {})[modality] = _bundle_info(part["bundle"])
-        if xray_bundle and cost_images:
+        if xray_bundle and cost_images and "xray" in modalities:
             paths = [p for _, p in all_xray[::max(1, len(all_xray) // cost_images)]][:cost_images]
             results["cost"] = cost(xray_bundle, paths, threads=threads, lung_bundle=xray_lung_bundle)
     finally:
@@ -274,8 +280,10 @@ def _stages(bundle, lung_bundle):
     """The stages a bundle's inputs go through (the lung-field check needs its bands and the lung bundle)."""
     if not bundle:
         return "header + pixels (no bundle)"
-    lung_fields = lung_bundle and (_manifest(bundle).get("quality") or {}).get("lung_fields")
-    return "header + pixels + lung fields + model OOD" if lung_fields else "header + pixels + model OOD"
+    quality = _manifest(bundle).get("quality") or {}
+    stages = ["header", "pixels"] + (["modality check"] if quality.get("modality_check") else [])
+    stages += (["lung fields"] if lung_bundle and quality.get("lung_fields") else []) + ["model OOD"]
+    return " + ".join(stages)
 
 
 def _bundle_info(path):
@@ -284,7 +292,11 @@ def _bundle_info(path):
     m = _manifest(path)
     ood = (m.get("quality") or {}).get("ood") or {}
     lung_fields = (m.get("quality") or {}).get("lung_fields")
+    modality_check = (m.get("quality") or {}).get("modality_check")
     return {"path": path, "name": m["name"], "ood_artifacts": sorted(ood),
+            "modality_check": None if modality_check is None else
+            {k: modality_check.get(k) for k in ("other_modality", "threshold", "acceptance", "val_accepted",
+                                                "fitted_on", "calibrated_on")},
             "acceptance": sorted({e.get("acceptance") for e in ood.values()}),
             "ood_calibration": {k: {f: e.get(f) for f in ("thresholds", "rule", "min_source_acceptance",
                                                           "val_accepted_by_source", "calibrated_on")}
@@ -315,6 +327,10 @@ def markdown_report(r):
             else:
                 floor = "pooled acceptance only, no floor per source"
             lines.append(f"  - OOD {key}: {scores}; {floor}")
+        mc = (info or {}).get("modality_check")
+        if mc:
+            lines.append(f"  - modality check against {mc['other_modality']}: fitted on {mc['fitted_on']}; threshold "
+                         f"{mc['threshold']:.4g} accepts {_pct(mc['val_accepted'])} of the {mc['calibrated_on']}")
         lung = (info or {}).get("lung_fields")
         if lung:
             bands = ", ".join(f"{k} " + " / ".join(f"{side} {v:.3g}" for side, v in b.items())
@@ -362,10 +378,13 @@ def main(argv=None):
     p.add_argument("--max-per-category", type=int, default=0, help="0: all files")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     p.add_argument("--cost-images", type=int, default=60, help="files timed for the cost (0: skip)")
+    p.add_argument("--modalities", nargs="+", default=["xray", "ct"], choices=["xray", "ct"],
+                   help="bundles' modalities to measure (default both)")
     a = p.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     r = run_qc_bench(a.data, a.xray_bundle, a.ct_bundle, a.out, a.max_per_category, a.threads, a.cost_images,
-                     command="lungedge bench qc " + " ".join(argv), xray_lung_bundle=a.xray_lung_bundle)
+                     command="lungedge bench qc " + " ".join(argv), xray_lung_bundle=a.xray_lung_bundle,
+                     modalities=tuple(a.modalities))
     print(markdown_report(r))
     return 0
 
