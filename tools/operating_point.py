@@ -22,6 +22,8 @@ import numpy as np
 from lungedge.metrics.bootstrap import bootstrap_ci
 from lungedge.metrics.errors import UndefinedMetricError
 
+SCHEMA = "lungedge.operating_point/1"
+
 
 def screening_threshold(val_probs, val_positive, val_sources, positive_sources, floor):
     """The highest threshold at which every source in ``positive_sources`` keeps validation sensitivity >= floor."""
@@ -61,7 +63,7 @@ def analyse(results, manifest_rows, floor, rows=None):
     pos_sources = sorted(set(vsrc[vpos]))
     normal_sources = sorted(set(tsrc[tneg_normal]))
     col = results["labels"].index(positive)
-    out = {"min_sensitivity": floor, "positive_sources": pos_sources, "normal_sources": normal_sources, "rows": []}
+    out = {"schema": SCHEMA, "min_sensitivity": floor, "positive_sources": pos_sources, "normal_sources": normal_sources, "rows": []}
     for row in results["rows"]:
         if rows and row["name"] not in rows:
             continue
@@ -116,6 +118,7 @@ def main(argv=None):
     command = (f"python tools/operating_point.py --results {a.results} --data {a.data} "
                f"--min-sensitivity {a.min_sensitivity:.2f}" + (" --rows " + " ".join(a.rows) if a.rows else "")
                + (f" --markdown {a.markdown}" if a.markdown else ""))
+    result["command"] = command
     if a.markdown:
         os.makedirs(os.path.dirname(os.path.abspath(a.markdown)), exist_ok=True)
         with open(a.markdown, "w", encoding="utf-8") as fh:
