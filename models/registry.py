@@ -18,6 +18,7 @@ SEGMENTERS = {
     "unet_plus_plus": segmenters.unet_plus_plus,
     "unet_student": segmenters.unet_student,
     "unet_student_m": segmenters.unet_student_m,
+    "unet_student_l": segmenters.unet_student_l,
 }
 ARCHITECTURES = {**{k: (v, "classification") for k, v in CLASSIFIERS.items()},
                  **{k: (v, "segmentation") for k, v in SEGMENTERS.items()}}
