@@ -62,7 +62,7 @@ if [ ${#done_dirs[@]} -gt 0 ]; then
     # DICOM node, CPU speed.
     includes=()
     for f in "$reports"/operating-point/report.md "$reports"/ct-seg-pareto/report.md "$reports"/shortcut/report.md "$reports"/qc-xray-cls/report.md \
-             "$reports"/qc/report.md "$reports"/fuzz/report.md "$reports"/dicom-node/report.md \
+             "$reports"/qc-ct-cls/report.md "$reports"/fuzz/report.md "$reports"/dicom-node/report.md \
              "$reports"/issue13-cpu-speed/report.md; do
         [ -f "$f" ] && includes+=("$f")
     done
