@@ -51,7 +51,7 @@ if [ -f "$seg/manifest.json" ]; then
     cls=()
     [ -f "$bundles/ct-cls/manifest.json" ] && cls=(--classifier "$bundles/ct-cls")
     $L bench scaling --segmenter "$seg" ${cls[@]+"${cls[@]}"} --data "$data/ct-seg" "$data/ct-cls" --slices 10 50 100 300 \
-        --threads "$threads" --out "$reports/ct-scaling" --no-progress
+        --repeats 3 --batch 16 --backend auto --threads "$threads" --out "$reports/ct-scaling" --no-progress
     done_dirs+=("$reports/ct-scaling")
 fi
 
