@@ -246,11 +246,11 @@ def refit_ood(bundle_dir, data_dir, lung_bundle=None, split="val", acceptance=OO
     return ood
 
 
-def modality_descriptors(data_dir, split, progress=None):
+def modality_descriptors(data_dir, split, progress=None, hu_window=None):
     """Modality-check descriptors of every image of one split of a dev-pack folder, read as the runtime reads
-    an input (before any lung crop or preprocessing)."""
+    an input (before any lung crop or preprocessing; HU through ``hu_window``, the bundle's display window)."""
     from lungedge.runtime.modality_check import descriptor
-    from lungedge.runtime.quality import stats_image
+    from lungedge.runtime.quality import HU_WINDOW, stats_image
 
     records = select(read_manifest_csv(data_dir), split)
     if not records:
@@ -260,7 +260,7 @@ def modality_descriptors(data_dir, split, progress=None):
         array, meta = read_any(rec.image)[:2]
         if np.asarray(array).ndim == 3 and np.asarray(array).shape[0] > 1:  # a volume: its middle slice
             array = np.asarray(array)[np.asarray(array).shape[0] // 2]
-        out.append(descriptor(stats_image(array, meta)[0]))
+        out.append(descriptor(stats_image(array, meta, hu_window or HU_WINDOW)[0]))
     return np.stack(out)
 
 
@@ -269,6 +269,7 @@ def fit_modality(bundle_dir, data_dir, other_dir, acceptance=None, split="val"):
     from tqdm import tqdm
 
     from lungedge.runtime.modality_check import ACCEPTANCE, fit_check
+    from lungedge.runtime.quality import display_window
 
     if split == "test":
         raise ValueError("the modality threshold is calibrated on the validation split, never on the test split")
@@ -280,9 +281,10 @@ def fit_modality(bundle_dir, data_dir, other_dir, acceptance=None, split="val"):
     def progress(desc):
         return lambda it: tqdm(it, desc=desc, unit="img", file=sys.stderr, leave=False)
 
-    own_train = modality_descriptors(data_dir, "train", progress(f"{modality} train"))
-    own_val = modality_descriptors(data_dir, split, progress(f"{modality} {split}"))
-    other_train = modality_descriptors(other_dir, "train", progress(f"{other} train"))
+    window = display_window(manifest)
+    own_train = modality_descriptors(data_dir, "train", progress(f"{modality} train"), window)
+    own_val = modality_descriptors(data_dir, split, progress(f"{modality} {split}"), window)
+    other_train = modality_descriptors(other_dir, "train", progress(f"{other} train"), window)
     entry = fit_check(own_train, other_train, own_val, modality, other,
                       ACCEPTANCE if acceptance is None else acceptance)
     entry["fitted_on"] = (f"train splits of {os.path.basename(os.path.normpath(data_dir))} ({len(own_train)}, "

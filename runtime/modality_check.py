@@ -12,6 +12,10 @@ bundle without that entry says so in each result (``thresholds.modality_check.ch
 
 This is a discriminant between the two modalities a lungedge pack holds, not a general out-of-distribution
 detector: it is measured on the other modality's *test* images and on natural images by ``lungedge bench qc``.
+
+Hounsfield-unit inputs (CT DICOM, NIfTI) are put on 0..1 through the bundle preprocessing's ``window_ct`` before
+the descriptor is taken (``QualityControl.display_window``), as the dev pack's PNG slices were rendered through
+a window; the pixel checks keep their own wide HU window.
 """
 
 from __future__ import annotations

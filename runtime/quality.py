@@ -195,11 +195,11 @@ def content_region(image):
     return content, (y0, y1, x0, x1)
 
 
-def unit_scale(image, meta):
-    """The image on 0..1: display values over intensity_max, HU through ``HU_WINDOW``; clipped."""
+def unit_scale(image, meta, hu_window=HU_WINDOW):
+    """The image on 0..1: display values over intensity_max, HU through ``hu_window`` (low, high); clipped."""
     a = np.asarray(image, np.float32)
     if meta.get("unit") == "HU":
-        low, high = HU_WINDOW
+        low, high = hu_window
     else:
         low, high = 0.0, float(meta.get("intensity_max") or max(float(a.max(initial=0.0)), 1.0))
     out = (a - np.float32(low)) * np.float32(1.0 / (high - low))
@@ -207,16 +207,16 @@ def unit_scale(image, meta):
     return out
 
 
-def stats_image(image, meta):
+def stats_image(image, meta, hu_window=HU_WINDOW):
     """(u, h, w): the unit-scaled content region of the strided small copy the pixel checks read, and the
-    content's size in the full image."""
+    content's size in the full image (HU through ``hu_window``)."""
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     step = max(1, int(np.ceil(max(a.shape) / float(STATS_SIDE))))
     small = a[::step, ::step]
     content, (y0, y1, x0, x1) = content_region(small)
-    return unit_scale(content, meta), (y1 - y0) * step, (x1 - x0) * step
+    return unit_scale(content, meta, hu_window), (y1 - y0) * step, (x1 - x0) * step
 
 
 def pixel_scores(image, meta, stats=None):
@@ -312,11 +312,25 @@ def pixel_findings(scores, limits):
 
 # ------------------------------------------------------------------------------------------- the control
 
+def display_window(manifest):
+    """(low, high) HU of the bundle preprocessing's first ``window_ct`` step, or None."""
+    for step in manifest.get("preprocessing") or []:
+        if step.get("op") == "window_ct":
+            from lungedge.runtime.preprocess import LUNG_WINDOW
+
+            center, width = float(step.get("center", LUNG_WINDOW[0])), float(step.get("width", LUNG_WINDOW[1]))
+            return (center - width / 2.0, center + width / 2.0)
+    return None
+
+
 class QualityControl:
     """The header and pixel stages for one bundle; ``assess(array, meta) -> Assessment``."""
 
-    def __init__(self, spec, modality):
+    def __init__(self, spec, modality, display_window=None):
         self.spec = dict(spec or {})
+        # HU -> 0..1 as the model sees it (the preprocessing's window_ct), for the modality check only: its
+        # descriptors were fitted on display images rendered through such a window.
+        self.display_window = display_window
         self.modality = modality
         self.limits = pixel_limits(self.spec, modality)
         self.enabled = self.spec.get("enabled", True)
@@ -328,7 +342,7 @@ class QualityControl:
 
     @classmethod
     def from_manifest(cls, manifest):
-        return cls(manifest.get("quality") or {}, manifest["modality"])
+        return cls(manifest.get("quality") or {}, manifest["modality"], display_window(manifest))
 
     def thresholds(self):
         out = {"pixels": {k: dict(v) for k, v in self.limits.items()},
@@ -353,7 +367,10 @@ class QualityControl:
             for finding in pixel_findings(scores, self.limits):
                 result.add(finding)
             if self.modality_check is not None:
-                score = self.modality_check.score(stats[0])
+                u = stats[0]
+                if meta.get("unit") == "HU" and self.display_window is not None:
+                    u = stats_image(a, meta, self.display_window)[0]
+                score = self.modality_check.score(u)
                 result.scores["modality_score"] = score
                 for finding in self.modality_check.findings(score, self.modality):
                     result.add(finding)

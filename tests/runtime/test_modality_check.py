@@ -129,3 +129,22 @@ def test_dev_pack_xrays_are_refused_by_a_ct_check_fitted_on_train_splits(ct_cls_
     xray_test = scores_of(_descriptors(manifest_rows, xray_cls_dir, "test"), entry)
     assert np.mean(ct_test >= check.threshold) >= 0.97  # the qc benchmark's acceptance target
     assert np.mean(xray_test < check.threshold) >= 0.99  # ... and its refusal target
+
+
+def test_hu_input_is_scored_through_the_bundles_display_window():
+    """A CT slice in Hounsfield units scores as its display rendering through the preprocessing's window_ct
+    (the check was fitted on rendered slices), not through the pixel checks' wide HU window."""
+    from lungedge.runtime.quality import display_window
+
+    entry, _, _ = synthetic_entry()
+    manifest = {"modality": "ct", "quality": {"modality_check": entry},
+                "preprocessing": [{"op": "window_ct", "center": -600.0, "width": 1500.0}]}
+    assert display_window(manifest) == (-1350.0, 150.0)
+    display = ct_like_slice(96, seed=5)
+    hu = display.astype(np.float32) / 255.0 * 1500.0 - 1350.0
+    as_png = QualityControl.from_manifest(manifest).assess(display, DISPLAY).scores["modality_score"]
+    as_hu = QualityControl.from_manifest(manifest).assess(hu, {"unit": "HU"}).scores["modality_score"]
+    assert as_hu == pytest.approx(as_png, rel=1e-4, abs=1e-3)
+    wide = QualityControl(manifest["quality"], "ct").assess(hu, {"unit": "HU"}).scores["modality_score"]
+    assert abs(wide - as_png) > 0.1  # without the window the same slice reads differently
+    assert display_window({"preprocessing": [{"op": "letterbox", "size": [8, 8]}]}) is None
