@@ -1,7 +1,8 @@
 """Modality check: refuse an image of the other modality (an X-ray sent to a CT bundle, a CT slice to an X-ray
-bundle) when no header says which it is (PNG, JPEG; a DICOM's Modality tag is checked by the reader).
+bundle) when no header says which it is (PNG, JPEG, NIfTI). A DICOM's Modality tag settles it instead: the
+predictor refuses a mismatch with a typed error (``InputError``, wrong modality), and a match needs no check.
 
-The image is described by 26 numbers read from the pixel stage's small copy of its content region (no model):
+The image is described by 74 numbers read from the pixel stage's small copy of its content region (no model):
 an 8x8 thumbnail of the image stretched between its 1st and 99th percentiles (where things are: a CT slice's
 body ellipse on black air, a radiograph's two lung fields beside the mediastinum) and ten quantiles of its
 grey levels (how they are spread: a CT slice's air and tissue, a radiograph's continuum). A logistic regression,

@@ -366,7 +366,9 @@ class QualityControl:
             result.scores.update(scores)
             for finding in pixel_findings(scores, self.limits):
                 result.add(finding)
-            if self.modality_check is not None:
+            # A header that names the modality (DICOM) settles it: the predictor refuses a mismatch with a typed
+            # error, so the pixel discriminant is only asked when nothing says (PNG, JPEG, NIfTI).
+            if self.modality_check is not None and meta.get("modality") is None:
                 u = stats[0]
                 if meta.get("unit") == "HU" and self.display_window is not None:
                     u = stats_image(a, meta, self.display_window)[0]

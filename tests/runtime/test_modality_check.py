@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 from test_ct_like_histogram import ct_like_slice
-from tinymodels import chest_like
+from tinymodels import chest_like, classifier_model, write_bundle
 
-from lungedge.runtime.errors import BundleError
+from lungedge.runtime.errors import BundleError, InputError
 from lungedge.runtime.io import read_any
 from lungedge.runtime.modality_check import (
     DESCRIPTOR,
@@ -25,6 +25,7 @@ from lungedge.runtime.modality_check import (
     scores_of,
     validate_modality_check,
 )
+from lungedge.runtime.predictor import Predictor
 from lungedge.runtime.quality import QualityControl, stats_image, validate_quality_spec
 
 DISPLAY = {"unit": "display", "intensity_max": 255.0}
@@ -148,3 +149,21 @@ def test_hu_input_is_scored_through_the_bundles_display_window():
     wide = QualityControl(manifest["quality"], "ct").assess(hu, {"unit": "HU"}).scores["modality_score"]
     assert abs(wide - as_png) > 0.1  # without the window the same slice reads differently
     assert display_window({"preprocessing": [{"op": "letterbox", "size": [8, 8]}]}) is None
+
+
+def test_a_header_that_names_the_modality_settles_it(dicom_dir, tmp_path):
+    """DICOM: the Modality tag decides, not the pixel discriminant. A CR film sent to a CT bundle is a typed
+    wrong-modality error (as before the check existed); a CT DICOM is never second-guessed by it."""
+    entry, _, _ = synthetic_entry()
+    qc = QualityControl({"modality_check": entry}, "ct")
+    film = chest_like(seed=3)
+    assert "modality_score" in qc.assess(film, DISPLAY).scores
+    told = qc.assess(film, dict(DISPLAY, modality="ct"))
+    assert "modality_score" not in told.scores and not [f for f in told.findings if f.reason == "other_modality"]
+    bundle = write_bundle(tmp_path / "ct", classifier_model(2), "classification", "ct", ["covid", "noncovid"],
+                          {"covid": 0.5}, positive_label="covid", quality={"modality_check": entry})
+    predictor = Predictor.from_bundle(bundle, threads=1)
+    with pytest.raises(InputError, match="wrong modality"):
+        predictor.predict(os.path.join(dicom_dir, "cxr_pa_cr_monochrome2.dcm"))
+    ct = predictor.predict(os.path.join(dicom_dir, "ct_small_thorax_128.dcm"))
+    assert "modality_score" not in ct["quality"]["scores"]
