@@ -204,6 +204,9 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
     ``out``)."""
     from tqdm import tqdm
 
+    unknown = set(modalities) - {"xray", "ct"}
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; known: ['ct', 'xray']")
     work = tempfile.mkdtemp(prefix="lungedge-qc-")
     try:
         xray_dir, ct_dir, qc_dir = (os.path.join(data, d) for d in ("xray-cls", "ct-cls", "xray-qc"))
@@ -233,9 +236,6 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
                                         "natural images (skimage.data)": ("natural", natural),
                                         "synthetic: noise": ("noise", synthetic["noise"])}}}
         results = {"data": os.path.abspath(data), "rows": [], "cost": None}
-        unknown = set(modalities) - set(plan)
-        if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; known: {sorted(plan)}")
         for modality, part in plan.items():
             if modality not in modalities:
                 continue

@@ -258,8 +258,9 @@ def modality_descriptors(data_dir, split, progress=None, hu_window=None):
     out = []
     for rec in progress(records) if progress else records:
         array, meta = read_any(rec.image)[:2]
-        if np.asarray(array).ndim == 3 and np.asarray(array).shape[0] > 1:  # a volume: its middle slice
-            array = np.asarray(array)[np.asarray(array).shape[0] // 2]
+        array = np.asarray(array)
+        if array.ndim == 3 and array.shape[0] > 1:  # a volume: its middle slice
+            array = array[array.shape[0] // 2]
         out.append(descriptor(stats_image(array, meta, hu_window or HU_WINDOW)[0]))
     return np.stack(out)
 

@@ -207,16 +207,21 @@ def unit_scale(image, meta, hu_window=HU_WINDOW):
     return out
 
 
-def stats_image(image, meta, hu_window=HU_WINDOW):
-    """(u, h, w): the unit-scaled content region of the strided small copy the pixel checks read, and the
-    content's size in the full image (HU through ``hu_window``)."""
+def stats_content(image):
+    """(content, h, w): the content region of the strided small copy the pixel checks read, in the image's own
+    values, and the content's size in the full image."""
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     step = max(1, int(np.ceil(max(a.shape) / float(STATS_SIDE))))
-    small = a[::step, ::step]
-    content, (y0, y1, x0, x1) = content_region(small)
-    return unit_scale(content, meta, hu_window), (y1 - y0) * step, (x1 - x0) * step
+    content, (y0, y1, x0, x1) = content_region(a[::step, ::step])
+    return content, (y1 - y0) * step, (x1 - x0) * step
+
+
+def stats_image(image, meta, hu_window=HU_WINDOW):
+    """(u, h, w): ``stats_content`` on 0..1 (HU through ``hu_window``)."""
+    content, h, w = stats_content(image)
+    return unit_scale(content, meta, hu_window), h, w
 
 
 def pixel_scores(image, meta, stats=None):
@@ -361,7 +366,8 @@ class QualityControl:
             result.add(finding)
         a = np.asarray(array)
         if a.ndim == 2 or (a.ndim == 3 and a.shape[0] == 1):
-            stats = stats_image(a, meta)
+            content, h, w = stats_content(a)
+            stats = (unit_scale(content, meta), h, w)
             scores = pixel_scores(a, meta, stats)
             result.scores.update(scores)
             for finding in pixel_findings(scores, self.limits):
@@ -371,7 +377,7 @@ class QualityControl:
             if self.modality_check is not None and meta.get("modality") is None:
                 u = stats[0]
                 if meta.get("unit") == "HU" and self.display_window is not None:
-                    u = stats_image(a, meta, self.display_window)[0]
+                    u = unit_scale(content, meta, self.display_window)
                 score = self.modality_check.score(u)
                 result.scores["modality_score"] = score
                 for finding in self.modality_check.findings(score, self.modality):
