@@ -163,11 +163,16 @@ def quality_calibration(run, bundle_dir, artifacts, threads=None):
     return quality
 
 
+def _progress(desc):
+    """A progress bar over images on stderr, gone when done."""
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, desc=desc, unit="img", file=sys.stderr, leave=False)
+
+
 def fit_lung_fields(bundle_dir, lung_bundle, data_dir, splits=("train", "val"), acceptance=LUNG_FIELD_ACCEPTANCE,
                     threads=None):
     """Fit (or renew) an existing classifier bundle's ``quality.lung_fields`` and rewrite its manifest."""
-    from tqdm import tqdm
-
     from lungedge.runtime.predictor import Predictor
 
     bundle = Bundle.load(bundle_dir)
@@ -182,7 +187,7 @@ def fit_lung_fields(bundle_dir, lung_bundle, data_dir, splits=("train", "val"), 
     labels = set(manifest["labels"])
     records = [r for split in splits for r in select(read_manifest_csv(data_dir), split) if r.label in labels]
     paths = [r.image for r in records]
-    progress = lambda it: tqdm(it, desc="lung masks", unit="img", file=sys.stderr, leave=False)  # noqa: E731
+    progress = _progress("lung masks")
     entry = lung_field_calibration(segmenter, paths, acceptance, "+".join(splits), progress)
     manifest["quality"] = dict(manifest.get("quality") or {}, lung_fields=entry)
     write_manifest(bundle.root, manifest)
@@ -212,8 +217,6 @@ def refit_ood(bundle_dir, data_dir, lung_bundle=None, split="val", acceptance=OO
               min_source_acceptance=OOD_MIN_SOURCE_ACCEPTANCE, scores=SCORES, threads=None):
     """Recalibrate an existing classifier bundle's ``quality.ood`` thresholds on ``split`` (never test) and
     rewrite its manifest; each artifact keeps the Gaussians fitted on the training split (``ood-<key>.npz``)."""
-    from tqdm import tqdm
-
     from lungedge.runtime.pipelines import LungCrop, input_crop
     from lungedge.runtime.predictor import Predictor
 
@@ -231,7 +234,7 @@ def refit_ood(bundle_dir, data_dir, lung_bundle=None, split="val", acceptance=OO
             raise ValueError(f"{bundle_dir} was trained on lung crops: give its lung bundle (--lung-bundle)")
         crop = LungCrop(Predictor.from_bundle(lung_bundle, threads=threads), trained_crop.get("margin", 0.05))
         crop.check(trained_crop)
-    progress = lambda it: tqdm(it, desc=f"{split} images", unit="img", file=sys.stderr, leave=False)  # noqa: E731
+    progress = _progress(f"{split} images")
     images, sources = split_images(manifest, data_dir, split, crop, progress)
     for key, entry in ood.items():
         with np.load(os.path.join(bundle.root, entry["path"])) as stats:
@@ -267,8 +270,6 @@ def modality_descriptors(data_dir, split, progress=None, hu_window=None):
 
 def fit_modality(bundle_dir, data_dir, other_dir, acceptance=None, split="val"):
     """Fit (or renew) a bundle's ``quality.modality_check`` and rewrite its manifest."""
-    from tqdm import tqdm
-
     from lungedge.runtime.modality_check import ACCEPTANCE, fit_check
     from lungedge.runtime.quality import display_window
 
@@ -279,13 +280,10 @@ def fit_modality(bundle_dir, data_dir, other_dir, acceptance=None, split="val"):
     modality = manifest["modality"]
     other = {"xray": "ct", "ct": "xray"}[modality]
 
-    def progress(desc):
-        return lambda it: tqdm(it, desc=desc, unit="img", file=sys.stderr, leave=False)
-
     window = display_window(manifest)
-    own_train = modality_descriptors(data_dir, "train", progress(f"{modality} train"), window)
-    own_val = modality_descriptors(data_dir, split, progress(f"{modality} {split}"), window)
-    other_train = modality_descriptors(other_dir, "train", progress(f"{other} train"), window)
+    own_train = modality_descriptors(data_dir, "train", _progress(f"{modality} train"), window)
+    own_val = modality_descriptors(data_dir, split, _progress(f"{modality} {split}"), window)
+    other_train = modality_descriptors(other_dir, "train", _progress(f"{other} train"), window)
     entry = fit_check(own_train, other_train, own_val, modality, other,
                       ACCEPTANCE if acceptance is None else acceptance)
     entry["fitted_on"] = (f"train splits of {os.path.basename(os.path.normpath(data_dir))} ({len(own_train)}, "
