@@ -153,6 +153,19 @@ def _tally(judge, items):
     return counts
 
 
+def _judged(row, successes):
+    """``row`` with its rate's 95 % Wilson interval (``interval``), whether the point estimate reaches the target
+    (``meets_target``; None without a target) and the verdict on the interval (``verdict``: met / unproven /
+    missed, as ``lungedge.metrics.rate_verdict``; None without a target)."""
+    from lungedge.metrics import proportion_interval, rate_verdict
+
+    n, target = row["n"], row["target"]
+    row["interval"] = list(proportion_interval(successes, n)) if n else None
+    row["meets_target"] = None if target is None or not n else successes / n >= target
+    row["verdict"] = None if target is None or not n else rate_verdict(successes, n, target)
+    return row
+
+
 def _xray_runner(predictor, lung_bundle, threads):
     """What ``predict(path)`` goes through: the X-ray pipeline with its lung crop when a lung bundle is given (a
     classifier trained on lung crops needs it), else the predictor itself."""
@@ -247,15 +260,13 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
                                     file=sys.stderr, leave=False):
                 row = dict(_tally(judge, items), modality=modality, category=name, kind="in_distribution",
                            stages=stages, target=ACCEPT_TARGET)
-                row["meets_target"] = row["accepted_rate"] >= ACCEPT_TARGET
-                results["rows"].append(row)
+                results["rows"].append(_judged(row, row["accept"] + row["warn"]))
             for name, (key, items) in tqdm(part["out_of_scope"].items(), desc=f"{modality} out of scope",
                                            file=sys.stderr, leave=False):
                 target = REFUSAL_TARGETS.get(key)
                 row = dict(_tally(judge, items), modality=modality, category=name, kind="out_of_scope",
                            stages=stages, target=target)
-                row["meets_target"] = None if target is None else row["refused_rate"] >= target
-                results["rows"].append(row)
+                results["rows"].append(_judged(row, row["refuse"]))
             results.setdefault("bundles", {})[modality] = _bundle_info(part["bundle"])
         if xray_bundle and cost_images and "xray" in modalities:
             paths = [p for _, p in all_xray[::max(1, len(all_xray) // cost_images)]][:cost_images]
@@ -310,6 +321,20 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _rate(rate, row):
+    interval = row.get("interval")
+    return _pct(rate) + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
+
+
+def _verdict(row):
+    verdict = row.get("verdict")
+    return "-" if verdict is None else (f"**{verdict}**" if verdict == "missed" else verdict)
+
+
+def _reasons(row):
+    return ", ".join(f"{k} {v}" for k, v in sorted(row["reasons"].items(), key=lambda kv: -kv[1])[:3])
+
+
 def markdown_report(r):
     """The refusal and acceptance tables (and the cost) as markdown."""
     lines = ["# Input quality control: refusals and acceptance", "", f"Command: `{r['command']}`", "",
@@ -339,25 +364,26 @@ def markdown_report(r):
             lines.append(f"  - lung fields (segmenter `{lung['segmenter']}`): bands fitted on {lung['fitted_on']} "
                          f"at {lung['acceptance']} joint acceptance (accepted {_pct(lung['accepted'])} of them): "
                          f"{bands}")
-    lines += ["", "| sent to | category | stages | n | refused | warned | errors | target | met | top reasons |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "Verdicts judge the 95 % Wilson interval of each rate: **met** when its bound reaches the target, "
+              "**unproven** when only the point estimate does (too few images to show it), **missed** otherwise. "
+              "The interval treats images as independent; several images of one patient make it too narrow.",
+              "", "| sent to | category | stages | n | refused [95% CI] | warned | errors | target | verdict | "
+              "top reasons |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         if row["kind"] != "out_of_scope":
             continue
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(row["reasons"].items(), key=lambda kv: -kv[1])[:3])
         target = f">= {_pct(row['target'])} refused" if row["target"] else "-"
-        met = {True: "yes", False: "**no**", None: "-"}[row["meets_target"]]
         lines.append(f"| {row['modality']} | {row['category']} | {row['stages']} | {row['n']} | "
-                     f"{_pct(row['refused_rate'])} | {row['warn']} | {row['error']} | {target} | {met} | {reasons} |")
-    lines += ["", "| bundle modality | in-distribution subgroup | stages | n | accepted (incl. warned) | refused | "
-              "target | met | top refusal reasons |", "|---|---|---|---|---|---|---|---|---|"]
+                     f"{_rate(row['refused_rate'], row)} | {row['warn']} | {row['error']} | {target} | "
+                     f"{_verdict(row)} | {_reasons(row)} |")
+    lines += ["", "| bundle modality | in-distribution subgroup | stages | n | accepted (incl. warned) [95% CI] | "
+              "refused | target | verdict | top refusal reasons |", "|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         if row["kind"] != "in_distribution":
             continue
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(row["reasons"].items(), key=lambda kv: -kv[1])[:3])
         lines.append(f"| {row['modality']} | {row['category']} | {row['stages']} | {row['n']} | "
-                     f"{_pct(row['accepted_rate'])} | {row['refuse']} | >= {_pct(row['target'])} | "
-                     f"{'yes' if row['meets_target'] else '**no**'} | {reasons} |")
+                     f"{_rate(row['accepted_rate'], row)} | {row['refuse']} | >= {_pct(row['target'])} | "
+                     f"{_verdict(row)} | {_reasons(row)} |")
     c = r.get("cost")
     if c:
         lines += ["", f"Cost (X-ray bundle, artifact {c['artifact']}, batch 1, read + checks + preprocess + "

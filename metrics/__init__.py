@@ -6,7 +6,8 @@ syntax, no torch, no scikit-learn; the tests check it against scikit-learn and s
 accumulators second (MONAI's ``monai.metrics`` habit). One module per family:
 
 - ``classification``: confusion counts, sensitivity, specificity, precision, accuracy, F-beta, ROC/AUC, the
-  binary and one-vs-rest reports, threshold rules;
+  binary and one-vs-rest reports, threshold rules, the Wilson interval of a rate and its met/unproven/missed
+  verdict;
 - ``segmentation``: dice, iou, voe, rvd and the per-image report; ``surface``: ASD, MSD; ``masks``: validation;
 - ``accumulators``: per-batch collectors; ``bootstrap``: patient-level paired and single-model intervals and the
   non-inferiority verdict; ``calibration``: ECE (equal-mass bins), Brier score, reliability curve.
@@ -26,6 +27,8 @@ from lungedge.metrics.classification import (
                                              fit_threshold,
                                              per_class_report,
                                              precision,
+                                             proportion_interval,
+                                             rate_verdict,
                                              recall,
                                              roc_auc,
                                              roc_curve,
@@ -41,7 +44,7 @@ from lungedge.metrics.surface import asd, mask_surface, max_distance, msd, surfa
 __all__ = [
     "ClassificationAccumulator", "Confusion", "MetricError", "SegmentationAccumulator", "UndefinedMetricError",
     "accuracy", "asd", "classification_report", "confusion", "dice", "f1", "f2", "f_beta", "fit_threshold",
-    "iou", "mask_surface", "max_distance", "msd", "per_class_report", "precision", "recall", "roc_auc", "roc_curve",
-    "rvd", "segmentation_report", "sensitivity", "specificity", "strict_sensitivity", "strict_specificity",
-    "surface_distances", "voe",
+    "iou", "mask_surface", "max_distance", "msd", "per_class_report", "precision", "proportion_interval",
+    "rate_verdict", "recall", "roc_auc", "roc_curve", "rvd", "segmentation_report", "sensitivity", "specificity",
+    "strict_sensitivity", "strict_specificity", "surface_distances", "voe",
 ]

@@ -329,3 +329,37 @@ def fit_threshold(y_true, scores, rule: str = "youden") -> float:
         raise MetricError(f"unknown threshold rule {rule!r}; use 'youden', 'f2' or 'sensitivity>=x' "
                           "with x in (0, 1]")
     return float(thresholds[best])
+
+
+def proportion_interval(successes: int, n: int, ci: float = 0.95) -> Tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (e.g. a refusal or acceptance rate).
+
+    Wilson rather than the normal approximation: it stays inside [0, 1] and is not zero-width at 0/n or n/n
+    (27 of 27 gives [0.875, 1.0]). It treats the n cases as independent; images sharing a patient make it too
+    narrow.
+    """
+    if not (isinstance(n, (int, np.integer)) and isinstance(successes, (int, np.integer))):
+        raise MetricError(f"successes and n must be integers, got {successes!r} and {n!r}")
+    if n < 1 or not 0 <= successes <= n:
+        raise MetricError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    if not 0.0 < ci < 1.0:
+        raise MetricError(f"ci must lie strictly between 0 and 1, got {ci!r}")
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + ci / 2.0)
+    p = successes / float(n)
+    denominator = 1.0 + z * z / n
+    centre = (p + z * z / (2.0 * n)) / denominator
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return float(low), float(high)
+
+
+def rate_verdict(successes: int, n: int, target: float, ci: float = 0.95) -> str:
+    """Is a rate (refused, accepted) at least ``target``? ``"met"`` when the lower bound of its ``ci`` Wilson
+    interval reaches it, ``"unproven"`` when only the point estimate does (too few cases to show it),
+    ``"missed"`` otherwise: the verdict words of the bench's accuracy targets."""
+    if successes / float(n) < target:
+        return "missed"
+    return "met" if proportion_interval(successes, n, ci)[0] >= target else "unproven"

@@ -81,7 +81,14 @@ def test_bench_qc_without_bundles(tmp_path, capsys):
     assert all(rows[k]["n"] == 6 and rows[k]["accepted_rate"] == 1.0 for k in sources)
     assert r["command"] == f"lungedge bench qc --data {data} --max-per-category 6 --cost-images 0 --out {out}"
     report = (out / "report.md").read_text()
-    assert "| xray | synthetic: noise | header + pixels (no bundle) | 60 | 100.0% |" in report
+    # 60 of 60 noise images refused: the point estimate reaches the 99 % target, the Wilson bound (0.940) does not.
+    noise = rows[("xray", "synthetic: noise")]
+    assert noise["interval"] == pytest.approx([60 / (60 + 1.959963984540054 ** 2), 1.0])
+    assert noise["meets_target"] is True and noise["verdict"] == "unproven"
+    assert rows[("xray", "synthetic: constant")]["verdict"] is None  # no target for constant images
+    assert all(rows[k]["verdict"] == "unproven" for k in sources)  # 6 of 6 accepted cannot show 97 %
+    assert "| xray | synthetic: noise | header + pixels (no bundle) | 60 | 100.0% [94.0, 100.0] | 0 | 0 | " \
+           ">= 99.0% refused | unproven | no_spatial_structure 60 |" in report
     assert "no bundle: header and pixel stages only" in report
 
 

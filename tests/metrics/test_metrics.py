@@ -211,6 +211,31 @@ def test_fit_threshold_sensitivity_rule_exact_target():
     assert M.fit_threshold(y, scores, "youden") == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("k,n", [(0, 1), (27, 27), (26, 27), (82, 86), (5, 10), (0, 13), (259, 259), (1, 1000)])
+@pytest.mark.parametrize("ci", [0.9, 0.95, 0.99])
+def test_proportion_interval_matches_scipy_wilson(k, n, ci):
+    from scipy.stats import binomtest
+
+    expected = binomtest(k, n).proportion_ci(ci, method="wilson")
+    low, high = M.proportion_interval(k, n, ci)
+    assert low == pytest.approx(expected.low, abs=1e-12) and high == pytest.approx(expected.high, abs=1e-12)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+
+
+def test_rate_verdict_judges_the_interval_bound():
+    # 27 of 27 laterals refused: the point estimate reaches 95 %, the Wilson bound (0.875) does not.
+    assert M.proportion_interval(27, 27) == pytest.approx((0.87544497, 1.0))
+    assert M.rate_verdict(27, 27, 0.95) == "unproven"
+    assert M.rate_verdict(26, 27, 0.97) == "missed"
+    assert M.rate_verdict(300, 300, 0.97) == "met"  # bound 0.9874
+    assert M.rate_verdict(259, 259, 0.99) == "unproven"  # bound 0.9854
+    for bad in [(3, 2), (-1, 5), (0, 0), (1.5, 3)]:
+        with pytest.raises(M.MetricError, match="successes"):
+            M.proportion_interval(*bad)
+    with pytest.raises(M.MetricError, match="ci must"):
+        M.proportion_interval(1, 2, 1.0)
+
+
 def test_classification_accumulator_equals_one_shot_report():
     y, scores = binary_case(3)
     acc = M.ClassificationAccumulator(threshold=0.4)
