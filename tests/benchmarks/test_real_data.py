@@ -27,16 +27,29 @@ def trained(name):
         return run, json.load(fh)
 
 
+def trained_lung_bundle(run):
+    """The lung bundle a run trained on lung crops was trained with (its config's ``lung_bundle``), or None."""
+    with open(os.path.join(run, "config.json"), encoding="utf-8") as fh:
+        path = json.load(fh)["config"].get("lung_bundle")
+    if not path:
+        return None
+    path = path if os.path.isabs(path) else os.path.join(ROOT, path)
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        pytest.skip(f"{run} was trained on lung crops by {path}, which is not here (tools/train_baselines.sh builds it)")
+    return path
+
+
 def test_xray_classifier_reproduces_its_training_metrics(xray_cls_dir, tmp_path):
     from lungedge.benchmarks.bench import run_bench
     from lungedge.cli.demo import fallback_variant
     from lungedge.compress.pipeline import export_baseline
 
     run, recorded = trained("xray-cls-densenet121")
+    lung_bundle = trained_lung_bundle(run)
     base = export_baseline(run, str(tmp_path / "baseline"), data_dir=xray_cls_dir, overwrite=True)
     variant = fallback_variant(base, str(tmp_path / "int8"), data=xray_cls_dir)
     results = run_bench(baseline=base, variants=[variant + ":onnx-int8"], data=xray_cls_dir, torch_run=run,
-                        out=str(tmp_path / "out"), progress=False, **OPTIONS)
+                        out=str(tmp_path / "out"), progress=False, lung_bundle=lung_bundle, **OPTIONS)
     torch_row, onnx_row, int8_row = results["rows"]
     assert results["data"]["n_images"] == recorded["n_test"]
     for row in (torch_row, onnx_row):
