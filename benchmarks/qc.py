@@ -6,7 +6,8 @@ Out-of-scope categories: lateral films (xray-qc; as the PNG files, and wrapped a
 ViewPosition says LL, as a lateral film's header would), CT slices (ct-cls test) sent to the X-ray bundle,
 X-rays (xray-cls test) sent to the CT bundle, natural images (scikit-image's ``skimage.data``, written as
 PNG), and synthetic cases made from xray-cls test images: uniform noise, constant, inverted polarity,
-rotated 90 degrees, heavily cropped (the central 30% of each side). In-distribution: the test split of
+rotated 90 degrees, heavily cropped (the central 30% of each side); CT bundles also get inverted and rotated
+copies of ct-cls test slices. In-distribution: the test split of
 xray-cls per source and of ct-cls. Every input goes through the reader, as a user's file would.
 
 Without bundles only the header and pixel stages run (``QualityControl`` with the default limits of the
@@ -234,6 +235,7 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
         all_xray = [item for items in xray_by_source.values() for item in items]
         synth_sources = [p for _, p in all_xray[::max(1, len(all_xray) // 60)]][:60]
         synthetic = synthetic_cases(synth_sources, work, seed)
+        ct_synthetic = synthetic_cases([p for _, p in ct_test[::max(1, len(ct_test) // 60)]][:60], work, seed)
         natural = natural_images(work)
         plan = {"xray": {"bundle": xray_bundle,
                          "in_distribution": {f"xray-cls test: {s}": cap(v) for s, v in sorted(xray_by_source.items())},
@@ -248,7 +250,9 @@ def run_qc_bench(data, xray_bundle=None, ct_bundle=None, out=None, max_per_categ
                        "in_distribution": {"ct-cls test": cap(ct_test)},
                        "out_of_scope": {"X-rays (xray-cls test)": ("xray_to_ct", cap(all_xray)),
                                         "natural images (skimage.data)": ("natural", natural),
-                                        "synthetic: noise": ("noise", synthetic["noise"])}}}
+                                        "synthetic: noise": ("noise", synthetic["noise"]),
+                                        **{f"synthetic: {k} (CT slices)": (None, ct_synthetic[k])
+                                           for k in ("inverted", "rotated_90")}}}}
         results = {"data": os.path.abspath(data), "rows": [], "cost": None}
         for modality, part in plan.items():
             if modality not in modalities:
@@ -294,6 +298,7 @@ def _stages(bundle, lung_bundle):
         return "header + pixels (no bundle)"
     quality = _manifest(bundle).get("quality") or {}
     stages = ["header", "pixels"] + (["modality check"] if quality.get("modality_check") else [])
+    stages += ["orientation check"] if quality.get("orientation_check") else []
     stages += (["lung fields"] if lung_bundle and quality.get("lung_fields") else []) + ["model OOD"]
     return " + ".join(stages)
 
@@ -305,10 +310,15 @@ def _bundle_info(path):
     ood = (m.get("quality") or {}).get("ood") or {}
     lung_fields = (m.get("quality") or {}).get("lung_fields")
     modality_check = (m.get("quality") or {}).get("modality_check")
+    orientation = (m.get("quality") or {}).get("orientation_check")
     return {"path": path, "name": m["name"], "ood_artifacts": sorted(ood),
             "modality_check": None if modality_check is None else
             {k: modality_check.get(k) for k in ("other_modality", "threshold", "acceptance", "val_accepted",
                                                 "fitted_on", "calibrated_on")},
+            "orientation_check": None if orientation is None else
+            {"fitted_on": orientation.get("fitted_on"), "calibrated_on": orientation.get("calibrated_on"),
+             "checks": {k: {f: c.get(f) for f in ("threshold", "val_accepted", "train_transformed_refused")}
+                        for k, c in sorted(orientation["checks"].items())}},
             "acceptance": sorted({e.get("acceptance") for e in ood.values()}),
             "ood_calibration": {k: {f: e.get(f) for f in ("thresholds", "rule", "min_source_acceptance",
                                                           "val_accepted_by_source", "calibrated_on")}
@@ -357,6 +367,12 @@ def markdown_report(r):
         if mc:
             lines.append(f"  - modality check against {mc['other_modality']}: fitted on {mc['fitted_on']}; threshold "
                          f"{mc['threshold']:.4g} accepts {_pct(mc['val_accepted'])} of the {mc['calibrated_on']}")
+        oc = (info or {}).get("orientation_check")
+        if oc:
+            checks = "; ".join(f"{k} below {c['threshold']:.3g} refused (accepts {_pct(c['val_accepted'])} of the "
+                               f"validation images, refuses {_pct(c['train_transformed_refused'])} of the {k} "
+                               "training copies)" for k, c in oc["checks"].items())
+            lines.append(f"  - orientation check: fitted on {oc['fitted_on']}, {oc['calibrated_on']}: {checks}")
         lung = (info or {}).get("lung_fields")
         if lung:
             bands = ", ".join(f"{k} " + " / ".join(f"{side} {v:.3g}" for side, v in b.items())

@@ -8,6 +8,9 @@ and are relaxed until every source of the validation split accepts at least ``OO
 (``lungedge.runtime.ood.calibrate_per_group``; the bench's acceptance target is per source, not pooled).
 X-ray classifiers trained on lung crops also get lung-field bands (``lungedge.runtime.lung_fields``) from the
 lung masks of their training and validation films.
+Classifiers also get an orientation check (``lungedge.runtime.orientation_check``: inverted grey levels, and for
+X-rays quarter or half turns) fitted on their own training images and copies of them transformed, thresholds on
+the validation split.
 Segmenters: a plausible band of each foreground label's area fraction from the training masks.
 
 An existing bundle gets (or renews) its lung-field bands, or its OOD thresholds (the training split's
@@ -15,6 +18,10 @@ Gaussians are kept; only the validation split is read), without a rebuild::
 
     python -m lungedge.compress.quality lung-fields --bundle B --lung-bundle L --data ../shared/data/xray-cls
     python -m lungedge.compress.quality ood --bundle B --lung-bundle L --data ../shared/data/xray-cls
+
+An existing classifier gets (or renews) its orientation check the same way::
+
+    python -m lungedge.compress.quality orientation --bundle B --data ../shared/data/xray-cls
 
 A bundle also gets a modality check (``lungedge.runtime.modality_check``: refuse an image of the pack's other
 modality) from the training splits of its own and the other modality's folders, its threshold from its own
@@ -138,6 +145,8 @@ def lung_field_calibration(segmenter, paths, acceptance=LUNG_FIELD_ACCEPTANCE, s
 
 def quality_calibration(run, bundle_dir, artifacts, threads=None):
     """The manifest's ``quality`` block for a bundle being built (writes ``ood-<key>.npz`` files)."""
+    from lungedge.runtime.quality import display_window
+
     spec = run.spec
     quality = {"view": "frontal" if spec.modality == "xray" else "any"}
     if spec.kind != "classification":
@@ -157,6 +166,9 @@ def quality_calibration(run, bundle_dir, artifacts, threads=None):
         entry.update(path=name, sha256=sha256_file(os.path.join(bundle_dir, name)))
         ood[key] = entry
     quality["ood"] = ood
+    quality["orientation_check"] = orientation_calibration([r.image for r in run.train_ds.records],
+                                                           [r.image for r in run.val_ds.records], spec.modality,
+                                                           display_window({"preprocessing": run.steps}))
     if run.crop is not None and spec.modality == "xray":
         paths = [r.image for r in run.train_ds.records + run.val_ds.records]
         quality["lung_fields"] = lung_field_calibration(run.crop.segmenter, paths)
@@ -268,6 +280,60 @@ def modality_descriptors(data_dir, split, progress=None, hu_window=None):
     return np.stack(out)
 
 
+def _describer(hu_window=None):
+    """descriptor(array, meta) of one 2-D image as ``QualityControl`` takes it (HU through ``hu_window``)."""
+    from lungedge.runtime.modality_check import descriptor
+    from lungedge.runtime.quality import HU_WINDOW, stats_image
+
+    return lambda array, meta: descriptor(stats_image(array, meta, hu_window or HU_WINDOW)[0])
+
+
+def _images_2d(paths, progress=None):
+    """(array, meta) of each file, a volume as its middle slice."""
+    out = []
+    for path in progress(paths) if progress else paths:
+        array, meta = read_any(path)[:2]
+        array = np.asarray(array)
+        if array.ndim == 3:
+            array = array[array.shape[0] // 2]
+        out.append((array, meta))
+    return out
+
+
+def orientation_calibration(train_paths, val_paths, modality, hu_window=None, progress=None):
+    """The manifest's ``quality.orientation_check`` entry from the bundle's own training and validation images
+    (``lungedge.runtime.orientation_check``; the transforms of ``KINDS[modality]``)."""
+    from lungedge.runtime.orientation_check import KINDS, fit_check
+
+    describe = _describer(hu_window)
+    train = _images_2d(train_paths, progress)
+    val = np.stack([describe(a, m) for a, m in _images_2d(val_paths, progress)])
+    entry = fit_check(train, val, describe, kinds=KINDS[modality])
+    entry["fitted_on"] = f"train split, {len(train_paths)} images and their inverted and rotated copies"
+    entry["calibrated_on"] = f"val split, {len(val_paths)} images"
+    return entry
+
+
+def fit_orientation(bundle_dir, data_dir, split="val"):
+    """Fit (or renew) a bundle's ``quality.orientation_check`` and rewrite its manifest."""
+    from lungedge.runtime.quality import display_window
+
+    if split == "test":
+        raise ValueError("the orientation thresholds are calibrated on the validation split, never on the test split")
+    bundle = Bundle.load(bundle_dir)
+    manifest = dict(bundle.manifest)
+    labels = set(manifest.get("labels") or [])
+    rows = read_manifest_csv(data_dir)
+    train = [r.image for r in select(rows, "train") if not labels or r.label in labels]
+    val = [r.image for r in select(rows, split) if not labels or r.label in labels]
+    if not train or not val:
+        raise ValueError(f"{data_dir} has no train or {split} images with the bundle's labels")
+    entry = orientation_calibration(train, val, manifest["modality"], display_window(manifest), _progress("orientation"))
+    manifest["quality"] = dict(manifest.get("quality") or {}, orientation_check=entry)
+    write_manifest(bundle.root, manifest)
+    return entry
+
+
 def fit_modality(bundle_dir, data_dir, other_dir, acceptance=None, split="val"):
     """Fit (or renew) a bundle's ``quality.modality_check`` and rewrite its manifest."""
     from lungedge.runtime.modality_check import ACCEPTANCE, fit_check
@@ -321,7 +387,18 @@ def main(argv=None):
     mo.add_argument("--data", required=True, help="dev-pack style folder of the bundle's modality (train, val)")
     mo.add_argument("--other", required=True, help="dev-pack style folder of the other modality (its train split)")
     mo.add_argument("--acceptance", type=float, default=None, help="validation acceptance (default 0.99)")
+    oc = sub.add_parser("orientation", help="orientation check (quality.orientation_check): refuse inverted or "
+                                            "rotated images")
+    oc.add_argument("--bundle", required=True, help="bundle whose manifest is rewritten")
+    oc.add_argument("--data", required=True, help="dev-pack style folder of the bundle's images (train, val)")
     a = p.parse_args(argv)
+    if a.command == "orientation":
+        entry = fit_orientation(a.bundle, a.data)
+        for kind, check in sorted(entry["checks"].items()):
+            print(f"quality.orientation_check[{kind}] of {a.bundle}: threshold {check['threshold']:.4g} accepts "
+                  f"{check['val_accepted']:.4f} of the {entry['calibrated_on']}, refuses "
+                  f"{check['train_transformed_refused']:.4f} of the {kind} training copies")
+        return 0
     if a.command == "modality":
         entry = fit_modality(a.bundle, a.data, a.other, a.acceptance)
         print(f"quality.modality_check of {a.bundle}: {entry['fitted_on']}; threshold {entry['threshold']:.4g} "

@@ -27,12 +27,16 @@ Manifest (schema version 1), plain data in the spirit of MONAI's ``network_data_
                      "lung_fields": {"segmenter", "segmenter_manifest_sha256", "acceptance", "fitted_on",
                                      "bands": {statistic: {"min", "max"}}},  (lungedge.runtime.lung_fields)
                      "modality_check": {"descriptor", "other_modality", "mean", "scale", "weights", "bias",
-                                        "threshold", "acceptance", "fitted_on", ...}}
+                                        "threshold", "acceptance", "fitted_on", ...},
                                         (lungedge.runtime.modality_check)
+                     "orientation_check": {"descriptor", "acceptance", "fitted_on",
+                                           "checks": {"inverted" | "rotated": {"mean", "scale", "weights",
+                                                                              "bias", "threshold", ...}}}}
+                                        (lungedge.runtime.orientation_check)
                     Without "ood" for the artifact that runs, results say the bundle has no
                     out-of-distribution check; without "lung_fields", X-ray pipeline results say
-                    the bundle has no lung-field check; without "modality_check", results say so
-                    (thresholds.modality_check.checked false).
+                    the bundle has no lung-field check; without "modality_check" or
+                    "orientation_check", results say so (thresholds.<check>.checked false).
 """
 
 import hashlib

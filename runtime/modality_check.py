@@ -30,6 +30,7 @@ DESCRIPTOR = "thumb8x8_p1p99+quantiles5to95x10"
 THUMB = 8
 QUANTILES = np.linspace(0.05, 0.95, 10)
 N_FEATURES = THUMB * THUMB + len(QUANTILES)
+_LEVELS = np.r_[0.01, 0.99, QUANTILES]
 # Acceptance of the bundle's own validation images, and the L2 penalty of the logistic regression.
 ACCEPTANCE = 0.99
 L2 = 1.0
@@ -44,10 +45,11 @@ def descriptor(u):
     u = np.asarray(u, np.float32)
     if u.ndim != 2 or min(u.shape) < 1:
         raise ValueError(f"descriptor needs a 2-D image, got shape {u.shape}")
-    lo, hi = np.percentile(u, [1.0, 99.0])
+    q = np.quantile(u, _LEVELS)  # one partition for the stretch's 1st and 99th percentiles and the ten quantiles
+    lo, hi = q[0], q[1]
     stretched = np.clip((u - np.float32(lo)) * np.float32(1.0 / max(float(hi - lo), 1e-6)), 0.0, 1.0)
     thumb = cv2.resize(stretched, (THUMB, THUMB), interpolation=cv2.INTER_AREA).ravel()
-    return np.concatenate([thumb, np.quantile(u, QUANTILES)]).astype(np.float64)
+    return np.concatenate([thumb, q[2:]]).astype(np.float64)
 
 
 def fit_logistic(features, targets, l2=L2, iterations=50):
@@ -77,11 +79,17 @@ def fit_logistic(features, targets, l2=L2, iterations=50):
     return mean, scale, beta[:-1], float(beta[-1])
 
 
+def linear_model(entry):
+    """(mean, scale, weights, bias) of a manifest entry's logistic regression as float64 arrays."""
+    return (np.asarray(entry["mean"], np.float64), np.asarray(entry["scale"], np.float64),
+            np.asarray(entry["weights"], np.float64), float(entry["bias"]))
+
+
 def scores_of(features, entry):
-    """The modality scores of (N, 74) descriptors under a manifest entry."""
+    """The log-odds of (N, 74) descriptors under a manifest entry (or its ``linear_model``)."""
+    mean, scale, weights, bias = entry if isinstance(entry, tuple) else linear_model(entry)
     x = np.asarray(features, np.float64).reshape(-1, N_FEATURES)
-    return ((x - np.asarray(entry["mean"])) / np.asarray(entry["scale"])) @ np.asarray(entry["weights"]) \
-        + float(entry["bias"])
+    return ((x - mean) / scale) @ weights + bias
 
 
 def fit_check(own_train, other_train, own_val, modality, other_modality, acceptance=ACCEPTANCE, l2=L2):
@@ -128,9 +136,13 @@ class ModalityCheck:
         self.entry = entry
         self.threshold = float(entry["threshold"])
         self.other = entry["other_modality"]
+        self.model = linear_model(entry)
 
     def score(self, u):
-        return float(scores_of(descriptor(u)[None], self.entry)[0])
+        return self.score_descriptor(descriptor(u))
+
+    def score_descriptor(self, features):
+        return float(scores_of(features, self.model)[0])
 
     def findings(self, score, modality):
         if score >= self.threshold:

@@ -11,6 +11,9 @@ Three stages, each finding with a named reason, the measured value and the limit
   overridden by the manifest's ``quality.pixel``.
 - **modality check** (lungedge.runtime.modality_check; bundles whose manifest holds ``quality.modality_check``):
   an image that looks like the other modality of the pack (an X-ray sent to a CT bundle) is refused.
+- **orientation check** (lungedge.runtime.orientation_check; bundles whose manifest holds
+  ``quality.orientation_check``): an image with inverted grey levels or turned by a quarter or half turn is
+  refused.
 - **lung_fields** (lungedge.runtime.lung_fields; X-ray pipelines with a lung segmenter): the lung mask must show
   two fields side by side, with bands fitted on in-distribution films and stored in the classifier's manifest.
 - **model** (lungedge.runtime.ood): Mahalanobis distance of the pooled features and energy of the logits,
@@ -344,6 +347,13 @@ class QualityControl:
         entry = self.spec.get("modality_check")
         self.modality_check = ModalityCheck(entry) if entry else None
         self.modality_described = self.modality_check.describe() if self.modality_check else dict(NOT_CHECKED)
+        from lungedge.runtime.orientation_check import NOT_CHECKED as NO_ORIENTATION
+        from lungedge.runtime.orientation_check import OrientationCheck
+
+        entry = self.spec.get("orientation_check")
+        self.orientation_check = OrientationCheck(entry) if entry else None
+        self.orientation_described = (self.orientation_check.describe() if self.orientation_check
+                                      else dict(NO_ORIENTATION))
 
     @classmethod
     def from_manifest(cls, manifest):
@@ -355,6 +365,7 @@ class QualityControl:
                           "min_age_years": self.spec.get("min_age_years")},
                "colour": {"max_colour_fraction": self.spec.get("max_colour_fraction", MAX_COLOUR_FRACTION)}}
         out["modality_check"] = dict(self.modality_described)
+        out["orientation_check"] = dict(self.orientation_described)
         return out
 
     def assess(self, array, meta):
@@ -374,14 +385,24 @@ class QualityControl:
                 result.add(finding)
             # A header that names the modality (DICOM) settles it: the predictor refuses a mismatch with a typed
             # error, so the pixel discriminant is only asked when nothing says (PNG, JPEG, NIfTI).
-            if self.modality_check is not None and meta.get("modality") is None:
+            modality = self.modality_check is not None and meta.get("modality") is None
+            if modality or self.orientation_check is not None:
+                from lungedge.runtime.modality_check import descriptor
+
                 u = stats[0]
                 if meta.get("unit") == "HU" and self.display_window is not None:
                     u = unit_scale(content, meta, self.display_window)
-                score = self.modality_check.score(u)
-                result.scores["modality_score"] = score
-                for finding in self.modality_check.findings(score, self.modality):
-                    result.add(finding)
+                features = descriptor(u)  # both checks read the same 74 numbers
+                if modality:
+                    score = self.modality_check.score_descriptor(features)
+                    result.scores["modality_score"] = score
+                    for finding in self.modality_check.findings(score, self.modality):
+                        result.add(finding)
+                if self.orientation_check is not None:  # every input: a DICOM's tags can be wrong too
+                    scores = self.orientation_check.scores(features)
+                    result.scores.update({f"orientation_{k}": v for k, v in scores.items()})
+                    for finding in self.orientation_check.findings(scores):
+                        result.add(finding)
         colour, limit = meta.get("colour_fraction"), self.spec.get("max_colour_fraction", MAX_COLOUR_FRACTION)
         if colour is not None:
             result.scores["colour_fraction"] = colour
@@ -400,7 +421,7 @@ def validate_quality_spec(spec, modality):
     if not isinstance(spec, dict):
         raise BundleError("manifest quality must be an object")
     unknown = set(spec) - {"enabled", "view", "min_age_years", "pixel", "ood", "area", "max_colour_fraction",
-                           "lung_fields", "modality_check"}
+                           "lung_fields", "modality_check", "orientation_check"}
     if unknown:
         raise BundleError(f"manifest quality has unknown keys {sorted(unknown)}")
     if spec.get("view", "frontal") not in ("frontal", "any"):
@@ -410,3 +431,7 @@ def validate_quality_spec(spec, modality):
         from lungedge.runtime.modality_check import validate_modality_check
 
         validate_modality_check(spec["modality_check"])
+    if spec.get("orientation_check") is not None:
+        from lungedge.runtime.orientation_check import validate_orientation_check
+
+        validate_orientation_check(spec["orientation_check"])

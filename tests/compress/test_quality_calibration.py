@@ -177,8 +177,11 @@ def test_compress_writes_lung_field_bands_for_crop_trained_xray_classifiers(tmp_
     records = [SimpleNamespace(image=p) for p in paths]
     run = SimpleNamespace(spec=SimpleNamespace(kind="classification", modality="xray", labels=["a", "b"]),
                           train_ds=SimpleNamespace(records=records[:3]), val_ds=SimpleNamespace(records=records[3:]),
-                          crop=LungCrop(lungs), threads=1)
+                          crop=LungCrop(lungs), threads=1, steps=[])
     quality = quality_calibration(run, str(tmp_path), artifacts={})
+    orientation = quality["orientation_check"]  # every classifier gets one, from its own train and val images
+    assert orientation["fitted_on"] == "train split, 3 images and their inverted and rotated copies"
+    assert orientation["calibrated_on"] == "val split, 1 images" and set(orientation["checks"]) == {"inverted", "rotated"}
     entry = quality["lung_fields"]
     assert entry["fitted_on"] == "train+val splits, 4 images" and entry["segmenter"] == lungs.name
     assert set(entry["bands"]) == {"lung_fraction", "midline_fill", "field_separation", "field_overlap"}
@@ -318,3 +321,50 @@ def test_modality_check_is_fitted_into_an_existing_bundle(tmp_path):
         from lungedge.compress.quality import fit_modality
 
         fit_modality(bundle, str(ct), str(films), split="test")
+
+
+def test_orientation_check_is_fitted_into_an_existing_bundle(tmp_path):
+    """``python -m lungedge.compress.quality orientation``: fitted on the bundle's train split and its inverted and
+    turned copies, thresholds from the validation split (never test); the bundle then refuses an inverted film,
+    and a CT bundle checks polarity only."""
+    import csv
+    import json
+    import os
+    import sys
+
+    import cv2
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime"))
+    from tinymodels import chest_like, classifier_model, write_bundle
+
+    from lungedge.compress.quality import fit_orientation, main
+    from lungedge.runtime.predictor import Predictor
+
+    data = tmp_path / "films"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for i, split in enumerate(["train"] * 12 + ["val"] * 4 + ["test"] * 2):
+        cv2.imwrite(str(data / f"images/{i}.png"), chest_like(seed=i))
+        rows.append({"file": f"images/{i}.png", "label": "covid", "patient_id": f"p{i}", "split": split})
+    with open(data / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    bundle = write_bundle(tmp_path / "b", classifier_model(3), "classification", "xray",
+                          ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid",
+                          quality={"view": "frontal", "pixel": {}})
+    assert main(["orientation", "--bundle", bundle, "--data", str(data)]) == 0
+    entry = json.load(open(os.path.join(bundle, "manifest.json")))["quality"]["orientation_check"]
+    assert entry["fitted_on"] == "train split, 12 images and their inverted and rotated copies"
+    assert entry["calibrated_on"] == "val split, 4 images" and set(entry["checks"]) == {"inverted", "rotated"}
+    inverted = tmp_path / "inverted.png"
+    cv2.imwrite(str(inverted), 255 - chest_like(seed=17))
+    predictor = Predictor.from_bundle(bundle, threads=1)
+    result = predictor.predict(str(inverted))
+    assert result["assessed"] is False and "inverted_polarity" in [r["reason"] for r in result["quality"]["reasons"]]
+    assert predictor.predict(str(data / "images/17.png"))["quality"]["thresholds"]["orientation_check"]["checked"]
+    with pytest.raises(ValueError, match="never on the test split"):
+        fit_orientation(bundle, str(data), split="test")
+    ct = write_bundle(tmp_path / "ct", classifier_model(2), "classification", "ct", ["covid", "noncovid"],
+                      {"covid": 0.5}, positive_label="covid", quality={"pixel": {}})
+    assert set(fit_orientation(ct, str(data))["checks"]) == {"inverted"}
