@@ -1,5 +1,7 @@
 """Feature export as a second ONNX output and the per-artifact OOD calibration (tiny torch models, no data)."""
 
+import csv
+
 import numpy as np
 import onnx
 import pytest
@@ -21,6 +23,14 @@ class Tiny(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def write_manifest_csv(folder, rows):
+    """A dev-pack style manifest.csv of ``rows`` (dicts with the same keys) in ``folder``."""
+    with open(folder / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _images(n, seed, shift=0.0):
@@ -100,7 +110,6 @@ def test_feature_output_keeps_its_name_when_the_head_input_is_already_flat(tmp_p
 def test_lung_field_bands_are_fitted_into_an_existing_bundle(tmp_path):
     """``python -m lungedge.compress.quality lung-fields`` on tiny bundles: bands from the train and val films
     only, the segmenter's manifest sha256 recorded, and the pipeline then checks with them."""
-    import csv
     import json
     import os
     import sys
@@ -126,10 +135,7 @@ def test_lung_field_bands_are_fitted_into_an_existing_bundle(tmp_path):
         name = f"images/f{i}.png"
         cv2.imwrite(str(data / name), film)
         rows.append({"file": name, "label": "normal", "patient_id": f"p{i}", "split": split})
-    with open(data / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest_csv(data, rows)
     lungs_root = write_bundle(tmp_path / "lungs", segmenter_model(1), "segmentation", "xray", ["background", "lung"],
                               {"mask": 0.5}, kind="probabilities")
     cls_root = write_bundle(tmp_path / "cls", classifier_model(3), "classification", "xray",
@@ -193,7 +199,6 @@ def test_compress_writes_lung_field_bands_for_crop_trained_xray_classifiers(tmp_
 def _ood_refit_case(tmp_path):
     """A tiny classifier bundle with a feature output and a pooled OOD entry, and a dev-pack folder whose val
     split holds two sources (one of them brighter, so it scores higher than the other)."""
-    import csv
     import os
     import sys
 
@@ -216,10 +221,7 @@ def _ood_refit_case(tmp_path):
         name = f"images/f{i}.png"
         cv2.imwrite(str(data / name), film)
         rows.append({"file": name, "label": "normal", "patient_id": f"p{i}", "split": split, "source": source})
-    with open(data / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest_csv(data, rows)
     root = write_bundle(tmp_path / "cls", classifier_with_features(3), "classification", "xray",
                         ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid",
                         quality={"view": "frontal"})
@@ -277,7 +279,6 @@ def test_ood_refit_gives_every_validation_source_its_floor(tmp_path):
 def test_modality_check_is_fitted_into_an_existing_bundle(tmp_path):
     """``python -m lungedge.compress.quality modality``: fitted on the train splits of both folders, its threshold
     from the bundle's validation split (never test), and the bundle then refuses the other modality's films."""
-    import csv
     import json
     import os
     import sys
@@ -299,10 +300,7 @@ def test_modality_check_is_fitted_into_an_existing_bundle(tmp_path):
         for i, split in enumerate(["train"] * 10 + ["val"] * 4 + ["test"] * 2):
             cv2.imwrite(str(root / f"images/{i}.png"), make(i))
             rows.append({"file": f"images/{i}.png", "label": "covid", "patient_id": f"p{i}", "split": split})
-        with open(root / "manifest.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_manifest_csv(root, rows)
         return root
 
     ct = pack("ct", lambda i: ct_like_slice(96, seed=i))
@@ -327,7 +325,6 @@ def test_orientation_check_is_fitted_into_an_existing_bundle(tmp_path):
     """``python -m lungedge.compress.quality orientation``: fitted on the bundle's train split and its inverted and
     turned copies, thresholds from the validation split (never test); the bundle then refuses an inverted film,
     and a CT bundle checks polarity only."""
-    import csv
     import json
     import os
     import sys
@@ -346,10 +343,7 @@ def test_orientation_check_is_fitted_into_an_existing_bundle(tmp_path):
     for i, split in enumerate(["train"] * 12 + ["val"] * 4 + ["test"] * 2):
         cv2.imwrite(str(data / f"images/{i}.png"), chest_like(seed=i))
         rows.append({"file": f"images/{i}.png", "label": "covid", "patient_id": f"p{i}", "split": split})
-    with open(data / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest_csv(data, rows)
     bundle = write_bundle(tmp_path / "b", classifier_model(3), "classification", "xray",
                           ["covid", "normal", "pneumonia"], {"covid": 0.4}, positive_label="covid",
                           quality={"view": "frontal", "pixel": {}})
