@@ -45,11 +45,24 @@ def descriptor(u):
     u = np.asarray(u, np.float32)
     if u.ndim != 2 or min(u.shape) < 1:
         raise ValueError(f"descriptor needs a 2-D image, got shape {u.shape}")
-    q = np.quantile(u, _LEVELS)  # one partition for the stretch's 1st and 99th percentiles and the ten quantiles
+    q = _quantiles(u, _LEVELS)  # the stretch's 1st and 99th percentiles and the ten quantiles, one sort
     lo, hi = q[0], q[1]
     stretched = np.clip((u - np.float32(lo)) * np.float32(1.0 / max(float(hi - lo), 1e-6)), 0.0, 1.0)
     thumb = cv2.resize(stretched, (THUMB, THUMB), interpolation=cv2.INTER_AREA).ravel()
     return np.concatenate([thumb, q[2:]]).astype(np.float64)
+
+
+def _quantiles(u, levels):
+    """``np.quantile(u, levels)`` (its default linear method and interpolation formula, in float64: equal to
+    float32 rounding) without its per-call overhead, most of the cost on the pixel stage's small images (about
+    80 of 100 microseconds)."""
+    s = np.sort(u, axis=None).astype(np.float64)
+    pos = np.asarray(levels, np.float64) * (s.size - 1)
+    lo = np.floor(pos).astype(np.intp)
+    a, b = s[lo], s[np.minimum(lo + 1, s.size - 1)]
+    t = pos - lo
+    diff = b - a
+    return np.where(t >= 0.5, b - diff * (1.0 - t), a + diff * t)
 
 
 def fit_logistic(features, targets, l2=L2, iterations=50):

@@ -51,6 +51,15 @@ def test_descriptor_thumbnail_finds_where_things_are():
     np.testing.assert_allclose(d[64:], [0, 0, 0, 0, 0, 1, 1, 1, 1, 1])  # quantiles 5..95 %: half 0, half 1
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (3, 5), (53, 64), (256, 256)])
+def test_descriptor_quantiles_equal_numpys(shape):
+    from lungedge.runtime.modality_check import _LEVELS, _quantiles
+
+    u = np.random.default_rng(sum(shape)).random(shape).astype(np.float32)
+    assert np.allclose(_quantiles(u, _LEVELS), np.quantile(u, _LEVELS), rtol=0, atol=1e-6)
+    assert np.array_equal(_quantiles(np.arange(11.0), [0.0, 0.25, 0.5, 1.0]), [0.0, 2.5, 5.0, 10.0])
+
+
 def test_fit_logistic_separates_and_weights_classes():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (200, 3)), rng.normal(0, 1, (20, 3)) + [8, 0, 0]])
