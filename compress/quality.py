@@ -261,25 +261,6 @@ def refit_ood(bundle_dir, data_dir, lung_bundle=None, split="val", acceptance=OO
     return ood
 
 
-def modality_descriptors(data_dir, split, progress=None, hu_window=None):
-    """Modality-check descriptors of every image of one split of a dev-pack folder, read as the runtime reads
-    an input (before any lung crop or preprocessing; HU through ``hu_window``, the bundle's display window)."""
-    from lungedge.runtime.modality_check import descriptor
-    from lungedge.runtime.quality import HU_WINDOW, stats_image
-
-    records = select(read_manifest_csv(data_dir), split)
-    if not records:
-        raise ValueError(f"{data_dir} has no {split} images")
-    out = []
-    for rec in progress(records) if progress else records:
-        array, meta = read_any(rec.image)[:2]
-        array = np.asarray(array)
-        if array.ndim == 3 and array.shape[0] > 1:  # a volume: its middle slice
-            array = array[array.shape[0] // 2]
-        out.append(descriptor(stats_image(array, meta, hu_window or HU_WINDOW)[0]))
-    return np.stack(out)
-
-
 def _describer(hu_window=None):
     """descriptor(array, meta) of one 2-D image as ``QualityControl`` takes it (HU through ``hu_window``)."""
     from lungedge.runtime.modality_check import descriptor
@@ -300,6 +281,16 @@ def _images_2d(paths, progress=None):
     return out
 
 
+def modality_descriptors(data_dir, split, progress=None, hu_window=None):
+    """Modality-check descriptors of every image of one split of a dev-pack folder, read as the runtime reads
+    an input (before any lung crop or preprocessing; HU through ``hu_window``, the bundle's display window)."""
+    records = select(read_manifest_csv(data_dir), split)
+    if not records:
+        raise ValueError(f"{data_dir} has no {split} images")
+    describe = _describer(hu_window)
+    return np.stack([describe(a, m) for a, m in _images_2d([r.image for r in records], progress)])
+
+
 def orientation_calibration(train_paths, val_paths, modality, hu_window=None, progress=None):
     """The manifest's ``quality.orientation_check`` entry from the bundle's own training and validation images
     (``lungedge.runtime.orientation_check``; the transforms of ``KINDS[modality]``)."""
@@ -309,7 +300,7 @@ def orientation_calibration(train_paths, val_paths, modality, hu_window=None, pr
     train = _images_2d(train_paths, progress)
     val = np.stack([describe(a, m) for a, m in _images_2d(val_paths, progress)])
     entry = fit_check(train, val, describe, kinds=KINDS[modality])
-    entry["fitted_on"] = f"train split, {len(train_paths)} images and their inverted and rotated copies"
+    entry["fitted_on"] = f"train split, {len(train_paths)} images and their {' and '.join(KINDS[modality])} copies"
     entry["calibrated_on"] = f"val split, {len(val_paths)} images"
     return entry
 
