@@ -175,6 +175,12 @@ def quality_calibration(run, bundle_dir, artifacts, threads=None):
     return quality
 
 
+def _set_quality(bundle, manifest, **entries):
+    """Rewrite ``bundle``'s manifest with ``entries`` set in its ``quality`` block (the rest kept)."""
+    manifest["quality"] = dict(manifest.get("quality") or {}, **entries)
+    write_manifest(bundle.root, manifest)
+
+
 def _progress(desc):
     """A progress bar over images on stderr, gone when done."""
     from tqdm import tqdm
@@ -201,8 +207,7 @@ def fit_lung_fields(bundle_dir, lung_bundle, data_dir, splits=("train", "val"), 
     paths = [r.image for r in records]
     progress = _progress("lung masks")
     entry = lung_field_calibration(segmenter, paths, acceptance, "+".join(splits), progress)
-    manifest["quality"] = dict(manifest.get("quality") or {}, lung_fields=entry)
-    write_manifest(bundle.root, manifest)
+    _set_quality(bundle, manifest, lung_fields=entry)
     return entry
 
 
@@ -256,8 +261,7 @@ def refit_ood(bundle_dir, data_dir, lung_bundle=None, split="val", acceptance=OO
         fresh["calibrated_on"] = f"{split} split, {len(images)} images"
         kept = {k: v for k, v in entry.items() if k not in ("rule", "min_source_acceptance", "val_accepted_by_source")}
         ood[key] = dict(kept, **fresh)
-    manifest["quality"] = dict(manifest.get("quality") or {}, ood=ood)
-    write_manifest(bundle.root, manifest)
+    _set_quality(bundle, manifest, ood=ood)
     return ood
 
 
@@ -320,8 +324,7 @@ def fit_orientation(bundle_dir, data_dir, split="val"):
     if not train or not val:
         raise ValueError(f"{data_dir} has no train or {split} images with the bundle's labels")
     entry = orientation_calibration(train, val, manifest["modality"], display_window(manifest), _progress("orientation"))
-    manifest["quality"] = dict(manifest.get("quality") or {}, orientation_check=entry)
-    write_manifest(bundle.root, manifest)
+    _set_quality(bundle, manifest, orientation_check=entry)
     return entry
 
 
@@ -347,8 +350,7 @@ def fit_modality(bundle_dir, data_dir, other_dir, acceptance=None, split="val"):
                           f"{modality}) and {os.path.basename(os.path.normpath(other_dir))} ({len(other_train)}, "
                           f"{other})")
     entry["calibrated_on"] = f"{split} split, {len(own_val)} images"
-    manifest["quality"] = dict(manifest.get("quality") or {}, modality_check=entry)
-    write_manifest(bundle.root, manifest)
+    _set_quality(bundle, manifest, modality_check=entry)
     return entry
 
 

@@ -105,16 +105,35 @@ def scores_of(features, entry):
     return ((x - mean) / scale) @ weights + bias
 
 
+def fit_linear(positives, negatives, l2=L2):
+    """The manifest fields ``mean``, ``scale``, ``weights``, ``bias`` of a logistic regression of descriptors,
+    log-odds of ``positives`` (target 1) against ``negatives`` (target 0); ``scores_of`` reads them."""
+    positives, negatives = np.asarray(positives, np.float64), np.asarray(negatives, np.float64)
+    x = np.concatenate([positives, negatives])
+    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    mean, scale, weights, bias = fit_logistic(x, y, l2)
+    return {"mean": [float(v) for v in mean], "scale": [float(v) for v in scale],
+            "weights": [float(v) for v in weights], "bias": bias}
+
+
+def validate_linear(entry, where):
+    """Raise BundleError naming the first problem in the logistic regression fields of ``entry`` (at ``where``
+    in the manifest) and its ``threshold``."""
+    for key in ("mean", "scale", "weights", "bias", "threshold"):
+        if key not in entry:
+            raise BundleError(f"{where} lacks {key!r}")
+    for key in ("mean", "scale", "weights"):
+        if not isinstance(entry[key], list) or len(entry[key]) != N_FEATURES:
+            raise BundleError(f"{where}.{key} must be a list of {N_FEATURES} numbers")
+    if any(float(v) <= 0 for v in entry["scale"]):
+        raise BundleError(f"{where}.scale must be positive")
+
+
 def fit_check(own_train, other_train, own_val, modality, other_modality, acceptance=ACCEPTANCE, l2=L2):
     """The ``quality.modality_check`` entry from descriptors of the bundle's modality (train, val) and of the
     other modality (train)."""
-    own_train, other_train = np.asarray(own_train), np.asarray(other_train)
-    x = np.concatenate([own_train, other_train])
-    y = np.r_[np.ones(len(own_train)), np.zeros(len(other_train))]
-    mean, scale, weights, bias = fit_logistic(x, y, l2)
     entry = {"descriptor": DESCRIPTOR, "modality": modality, "other_modality": other_modality,
-             "mean": [float(v) for v in mean], "scale": [float(v) for v in scale],
-             "weights": [float(v) for v in weights], "bias": bias, "l2": float(l2), "acceptance": float(acceptance)}
+             **fit_linear(own_train, other_train, l2), "l2": float(l2), "acceptance": float(acceptance)}
     val_scores = scores_of(own_val, entry)
     threshold = float(np.quantile(val_scores, 1.0 - acceptance))
     entry["threshold"] = threshold
@@ -127,18 +146,13 @@ def validate_modality_check(entry):
     """Raise BundleError naming the first problem in a manifest's ``quality.modality_check`` entry."""
     if not isinstance(entry, dict):
         raise BundleError("quality.modality_check must be an object")
-    for key in ("descriptor", "other_modality", "mean", "scale", "weights", "bias", "threshold"):
+    for key in ("descriptor", "other_modality"):
         if key not in entry:
             raise BundleError(f"quality.modality_check lacks {key!r}")
     if entry["descriptor"] != DESCRIPTOR:
         raise BundleError(f"quality.modality_check.descriptor is {entry['descriptor']!r}; this runtime computes "
                           f"{DESCRIPTOR!r} (refit with python -m lungedge.compress.quality modality)")
-    for key in ("mean", "scale", "weights"):
-        values = entry[key]
-        if not isinstance(values, list) or len(values) != N_FEATURES:
-            raise BundleError(f"quality.modality_check.{key} must be a list of {N_FEATURES} numbers")
-    if any(float(v) <= 0 for v in entry["scale"]):
-        raise BundleError("quality.modality_check.scale must be positive")
+    validate_linear(entry, "quality.modality_check")
 
 
 class ModalityCheck:

@@ -31,11 +31,11 @@ import numpy as np
 from lungedge.runtime.errors import BundleError
 from lungedge.runtime.modality_check import (
     DESCRIPTOR,
-    N_FEATURES,
     descriptor,
-    fit_logistic,
+    fit_linear,
     linear_model,
     scores_of,
+    validate_linear,
 )
 from lungedge.runtime.quality import Finding, content_region
 
@@ -75,12 +75,7 @@ def transformed(image, kind):
 def fit_transform(stored, negatives, val_stored, acceptance=ACCEPTANCE, l2=L2):
     """One transform's entry from descriptors of images as stored (train), transformed (train) and as stored
     (validation)."""
-    stored, negatives = np.asarray(stored, np.float64), np.asarray(negatives, np.float64)
-    x = np.concatenate([stored, negatives])
-    y = np.r_[np.ones(len(stored)), np.zeros(len(negatives))]
-    mean, scale, weights, bias = fit_logistic(x, y, l2)
-    entry = {"mean": [float(v) for v in mean], "scale": [float(v) for v in scale],
-             "weights": [float(v) for v in weights], "bias": bias}
+    entry = fit_linear(stored, negatives, l2)
     val = scores_of(val_stored, entry)
     threshold = min(0.0, float(np.quantile(val, 1.0 - acceptance)))
     entry.update(threshold=threshold, val_accepted=float(np.mean(val >= threshold)),
@@ -114,15 +109,7 @@ def validate_orientation_check(entry):
         if kind not in TRANSFORMS:
             raise BundleError(f"quality.orientation_check.checks has unknown transform {kind!r}; known: "
                               f"{sorted(TRANSFORMS)}")
-        for key in ("mean", "scale", "weights", "bias", "threshold"):
-            if key not in check:
-                raise BundleError(f"quality.orientation_check.checks.{kind} lacks {key!r}")
-        for key in ("mean", "scale", "weights"):
-            if not isinstance(check[key], list) or len(check[key]) != N_FEATURES:
-                raise BundleError(f"quality.orientation_check.checks.{kind}.{key} must be a list of {N_FEATURES} "
-                                  "numbers")
-        if any(float(v) <= 0 for v in check["scale"]):
-            raise BundleError(f"quality.orientation_check.checks.{kind}.scale must be positive")
+        validate_linear(check, f"quality.orientation_check.checks.{kind}")
 
 
 class OrientationCheck:
